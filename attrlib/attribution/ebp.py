@@ -1,0 +1,1 @@
+"""ebp attribution (to be written)."""

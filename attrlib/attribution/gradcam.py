@@ -1,0 +1,1 @@
+"""gradcam attribution (to be written)."""

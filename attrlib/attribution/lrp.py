@@ -1,0 +1,1 @@
+"""lrp attribution (to be written)."""

@@ -1,0 +1,1 @@
+"""rap attribution (to be written)."""

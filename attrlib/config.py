@@ -1,0 +1,191 @@
+"""Profiles (smoke / default / voc) and the frozen config of each training stage.
+
+A profile fixes data size, input size, widths and the optimisation recipe of every stage;
+a stage config takes a profile name plus explicit overrides (None = the profile's value),
+resolves them in `__post_init__`, and is written as `config.json` and into checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "onecycle", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation recipe of one stage."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "multistep"  # multistep: lr *= gamma at each milestone epoch
+    milestones: tuple[int, ...] = ()  # epochs
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Size of the generated synthetic VOC-layout data set."""
+
+    n_train: int
+    n_val: int
+    image_size: int  # pixels, side of the generated square images
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between a seconds-long smoke run, the default study and VOC."""
+
+    name: str
+    input_size: int  # pixels fed to the network
+    scale_min: float  # lower area bound of RandomResizedCrop
+    teacher_width_div: int  # 1 = the paper's VGG16-BN
+    student_width_divs: tuple[int, ...]  # students' extra division of the teacher's widths
+    teacher: Recipe
+    distill: Recipe
+    prune_oneshot: Recipe
+    prune_iterative: Recipe
+    prune_rates: tuple[float, ...]
+    iterative_steps: int
+    synth: SynthSpec | None = None  # None: real data only (VOC_ROOT)
+    iterative_fraction: float = 0.2  # of the remaining weights, per iteration
+    matching_lambda: float = 100.0
+    drop_fraction: float = 0.3  # stochastic SWA
+    seeds: tuple[int, ...] = (0,)
+    num_workers: int = 0
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        input_size=32,
+        scale_min=0.5,
+        teacher_width_div=16,
+        student_width_divs=(2,),
+        teacher=Recipe(epochs=2, batch_size=16, lr=0.05, schedule="onecycle"),
+        distill=Recipe(epochs=1, batch_size=16, lr=0.05, schedule="onecycle"),
+        prune_oneshot=Recipe(epochs=1, batch_size=16, lr=0.01, schedule="constant"),
+        prune_iterative=Recipe(epochs=1, batch_size=16, lr=0.01, schedule="constant"),
+        prune_rates=(0.5,),
+        iterative_steps=2,
+        synth=SynthSpec(n_train=48, n_val=16, image_size=40),
+    ),
+    "default": Profile(
+        name="default",
+        input_size=96,
+        scale_min=0.6,
+        teacher_width_div=4,
+        student_width_divs=(2, 4),
+        teacher=Recipe(epochs=12, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
+        distill=Recipe(epochs=8, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
+        prune_oneshot=Recipe(epochs=2, batch_size=64, lr=0.01, schedule="constant"),
+        prune_iterative=Recipe(epochs=1, batch_size=64, lr=0.01, schedule="constant"),
+        prune_rates=(0.3, 0.5, 0.7),
+        iterative_steps=8,
+        synth=SynthSpec(n_train=2000, n_val=400, image_size=112),
+    ),
+    "voc": Profile(
+        name="voc",
+        input_size=227,
+        scale_min=0.08,
+        teacher_width_div=1,
+        student_width_divs=(2, 4, 8),
+        teacher=Recipe(epochs=60, batch_size=64, lr=0.1, milestones=(10, 30, 40)),
+        distill=Recipe(epochs=350, batch_size=64, lr=0.1, milestones=(150, 200, 250)),
+        prune_oneshot=Recipe(epochs=30, batch_size=64, lr=0.001, schedule="constant"),
+        prune_iterative=Recipe(epochs=30, batch_size=64, lr=0.001, schedule="constant"),
+        prune_rates=(0.3, 0.5, 0.7),
+        iterative_steps=16,
+        num_workers=4,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; valid profiles: {sorted(PROFILES)}") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    return dev
+
+
+def _fill_from(cfg: object, defaults: dict) -> None:
+    """Replace None fields of a frozen dataclass by the profile's value."""
+    for name, value in defaults.items():
+        if getattr(cfg, name) is None:
+            object.__setattr__(cfg, name, value)
+
+
+def recipe_overrides(cfg: object, base: Recipe) -> Recipe:
+    """The stage's recipe: the profile's, with the stage config's non-None recipe fields."""
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    changes = {n: getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None}
+    return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Train the teacher (SPEC: Training recipes, Teacher)."""
+
+    profile: str = "default"
+    data_root: str = "data/synthvoc/VOCdevkit/VOC2012"  # a VOC2012-layout folder
+    out_dir: str = "runs/default/teacher"
+    seed: int = 0
+    device: str = "auto"
+    width_div: int | None = None  # None: the profile's teacher width
+    weights: str = ""  # optional local torchvision vgg16_bn weights file (width_div=1 only)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    recipe: Recipe = field(init=False)
+
+    def __post_init__(self) -> None:
+        prof = get_profile(self.profile)
+        _fill_from(self, {"width_div": prof.teacher_width_div})
+        object.__setattr__(self, "recipe", recipe_overrides(self, prof.teacher))
+        if self.weights and self.width_div != 1:
+            raise ValueError(f"weights={self.weights!r} needs width_div=1, got {self.width_div}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_config(cfg: object, out_dir: str | Path) -> Path:
+    """Write `config.json` (atomically) beside a stage's results."""
+    from attrlib.io import write_json_atomic
+
+    return write_json_atomic(Path(out_dir) / "config.json", asdict(cfg))
