@@ -96,17 +96,17 @@ PROFILES: dict[str, Profile] = {
     ),
     "default": Profile(
         name="default",
-        input_size=96,
-        scale_min=0.6,
+        input_size=64,
+        scale_min=0.5,
         teacher_width_div=4,
         student_width_divs=(2, 4),
-        teacher=Recipe(epochs=12, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
-        distill=Recipe(epochs=8, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
+        teacher=Recipe(epochs=16, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
+        distill=Recipe(epochs=10, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
         prune_oneshot=Recipe(epochs=2, batch_size=64, lr=0.01, schedule="constant"),
         prune_iterative=Recipe(epochs=1, batch_size=64, lr=0.01, schedule="constant"),
         prune_rates=(0.3, 0.5, 0.7),
         iterative_steps=8,
-        synth=SynthSpec(n_train=2000, n_val=400, image_size=112),
+        synth=SynthSpec(n_train=3000, n_val=500, image_size=80),
     ),
     "voc": Profile(
         name="voc",
@@ -184,8 +184,51 @@ class TeacherConfig:
         return asdict(self)
 
 
-def write_config(cfg: object, out_dir: str | Path) -> Path:
-    """Write `config.json` (atomically) beside a stage's results."""
-    from attrlib.io import write_json_atomic
+STUDENT_WIDTH_DIVS = (2, 4, 8)
 
-    return write_json_atomic(Path(out_dir) / "config.json", asdict(cfg))
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distil a student from a teacher checkpoint (SPEC: Distillation, matching regularisers)."""
+
+    profile: str = "default"
+    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
+    teacher: str = "runs/default/teacher/best.pt"  # teacher checkpoint
+    out_dir: str = "runs/default/distill/x2-kd"
+    seed: int = 0
+    device: str = "auto"
+    width_div: int = 2  # the student's widths = the teacher's // width_div (x2, x4, x8)
+    matching: str = "none"  # none | a name in attrlib.distill.MATCHINGS (ewa, swa)
+    drop_fraction: float = 0.0  # stochastic SWA: fraction of teacher channel weights zeroed
+    matching_lambda: float | None = None  # None: the profile's lambda (100 in the paper)
+    temperature: float = 4.0
+    alpha: float = 0.9
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    recipe: Recipe = field(init=False)
+
+    def __post_init__(self) -> None:
+        from attrlib.distill import MATCHINGS, NO_MATCHING
+
+        prof = get_profile(self.profile)
+        _fill_from(self, {"matching_lambda": prof.matching_lambda})
+        object.__setattr__(self, "recipe", recipe_overrides(self, prof.distill))
+        if self.width_div not in STUDENT_WIDTH_DIVS:
+            raise ValueError(f"width_div must be one of {STUDENT_WIDTH_DIVS}, got {self.width_div}")
+        if self.matching != NO_MATCHING and self.matching not in MATCHINGS:
+            raise ValueError(
+                f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {self.matching!r}"
+            )
+        if self.matching_lambda < 0:
+            raise ValueError(f"matching_lambda must be >= 0, got {self.matching_lambda}")
+        if not 0.0 <= self.drop_fraction < 1.0:
+            raise ValueError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        if self.drop_fraction > 0 and self.matching == NO_MATCHING:
+            raise ValueError("drop_fraction > 0 needs a matching loss (stochastic SWA)")
+        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"need temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,344 @@
+"""The one training loop every stage uses: seeded epochs, validation, checkpoints, resume.
+
+A stage supplies an `Objective` (images, labels -> loss and logged values); the loop owns
+optimisation, the learning-rate schedule, mixed precision and channels-last on CUDA,
+per-epoch validation (class mAP), atomic `last.pt` / `best.pt` checkpoints and resume.
+
+Determinism: every epoch reseeds torch's global RNG (augmentation, dropout) and the data
+order from (seed, epoch), so a run resumed from `last.pt` ends with exactly the numbers of an
+uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from attrlib.config import Recipe
+from attrlib.io import read_json, save_torch_atomic, write_json_atomic
+from attrlib.metrics import mean_average_precision
+from attrlib.models import ModelConfig, VGGVOC, build_model
+
+CHECKPOINT_VERSION = 1
+
+
+class Objective(Protocol):
+    """Training loss of a stage: `(model, images, labels) -> (loss, {name: value})`."""
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def multilabel_objective(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The teacher's loss: multi-label soft-margin (SPEC: Training recipes)."""
+    logits = model(images)  # (B, K)
+    loss = F.multilabel_soft_margin_loss(logits, labels)
+    return loss, {"ce": loss.detach()}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch, independent of how many epochs ran before in this process."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def _lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step multiplier of the base lr for the recipe's schedule."""
+    total = recipe.epochs * steps_per_epoch
+    warmup = max(1, int(0.15 * total))
+
+    def factor(step: int) -> float:
+        if recipe.schedule == "constant":
+            return 1.0
+        if recipe.schedule == "multistep":
+            epoch = step // steps_per_epoch
+            return recipe.gamma ** sum(m <= epoch for m in recipe.milestones)
+        # onecycle: linear warm-up, then cosine decay to ~0 (fast and robust from scratch)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and labels (N, K) of a whole (image, labels, ...) dataset, in order."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            images = batch[0].to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                logits.append(model(images).float().cpu())
+            labels.append(batch[1])
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Validation numbers logged every epoch."""
+    return {
+        "val_loss": F.multilabel_soft_margin_loss(logits, labels).item(),
+        "val_map_class": mean_average_precision(logits, labels, average="class").item(),
+        "val_map_sample": mean_average_precision(logits, labels, average="sample").item(),
+    }
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def make_checkpoint(model: VGGVOC, classes: tuple[str, ...], **extra: Any) -> dict:
+    """A checkpoint dict that can rebuild the model on its own (config + class list)."""
+    return {
+        "version": CHECKPOINT_VERSION,
+        "model_config": model.config.to_dict(),
+        "classes": list(classes),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("model_config", "classes", "model_state"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not an attrlib checkpoint (no {key!r} field)")
+    return ckpt
+
+
+def check_compatible(
+    ckpt: dict, config: ModelConfig, classes: tuple[str, ...], source: str = "checkpoint"
+) -> None:
+    """Raise ValueError saying what differs between a checkpoint and a model / class list."""
+    stored = ModelConfig.from_dict(ckpt["model_config"])
+    problems = []
+    if stored.widths != config.widths:
+        problems.append(f"conv widths {list(stored.widths)} vs model {list(config.widths)}")
+    for name in ("num_classes", "input_size"):
+        if getattr(stored, name) != getattr(config, name):
+            problems.append(f"{name} {getattr(stored, name)} vs model {getattr(config, name)}")
+    if tuple(ckpt["classes"]) != tuple(classes):
+        problems.append(f"classes {list(ckpt['classes'])} vs {list(classes)}")
+    if problems:
+        raise ValueError(f"{source} does not fit: " + "; ".join(problems))
+
+
+def load_model(
+    path: str | Path, classes: tuple[str, ...] | None = None, device: str | torch.device = "cpu"
+) -> tuple[VGGVOC, dict]:
+    """Rebuild the model stored in a checkpoint; check its class list when `classes` given."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["model_config"])
+    if classes is not None:
+        check_compatible(ckpt, model.config, classes, source=str(path))
+    load_state_(model, ckpt["model_state"], source=str(path))
+    return model.to(device), ckpt
+
+
+def load_state_(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """`load_state_dict` with an error that names the file and the mismatching keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{source} does not fit the model: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}, shape mismatches {shapes[:4]}"
+        )
+    model.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model: VGGVOC,
+    objective: Objective,
+    train_set: Dataset,
+    val_set: Dataset,
+    recipe: Recipe,
+    *,
+    out_dir: str | Path,
+    classes: tuple[str, ...],
+    seed: int,
+    device: torch.device,
+    stage_config: dict,
+    num_workers: int = 0,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` in place with `objective`; checkpoints and history under `out_dir`.
+
+    Writes `last.pt` after every epoch, `best.pt` at the best val class mAP, and
+    `metrics.json` (history, best, finished) and `config.json`. If `last.pt` exists for the same
+    `stage_config`, training resumes after its epoch; if the stage already finished, the
+    stored metrics are returned and nothing is retrained or overwritten. A different
+    `stage_config` in an existing `out_dir` is an error (results are never silently replaced).
+
+    Returns the metrics dict (also in `metrics.json`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path, metrics_path = (out_dir / n for n in ("last.pt", "best.pt", "metrics.json"))
+    stage_config = {**stage_config, "recipe": asdict(recipe)}
+    stage_config = _jsonable_config(stage_config)
+
+    start_epoch, history, best = 0, [], {"val_map_class": -1.0, "epoch": -1}
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+    if last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        if ckpt.get("stage_config") != stage_config:
+            raise FileExistsError(
+                f"{out_dir} holds a run with a different config "
+                f"({_diff(ckpt.get('stage_config', {}), stage_config)}); "
+                "choose another out_dir or delete it"
+            )
+        check_compatible(ckpt, model.config, classes, source=str(last_path))
+        if metrics_path.exists() and read_json(metrics_path).get("finished"):
+            load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
+            print(f"{out_dir}: finished run found; loaded best.pt, nothing retrained")
+            return read_json(metrics_path)
+        load_state_(model, ckpt["model_state"], source=str(last_path))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+        print(f"{out_dir}: resuming after epoch {ckpt['epoch']} from last.pt")
+
+    write_json_atomic(out_dir / "config.json", stage_config)
+    for epoch in range(start_epoch, recipe.epochs):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        loader = DataLoader(
+            train_set,
+            batch_size=recipe.batch_size,
+            shuffle=True,
+            drop_last=False,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
+            persistent_workers=False,
+        )
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, disable=not progress)
+        for step, (images, labels) in enumerate(bar):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                loss, logs = objective(model, images, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                    f"stopped, last good checkpoint kept at {last_path}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n = images.shape[0]
+            count += n
+            for name, value in {"loss": loss.detach(), **logs}.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"train_{k}": v / count for k, v in sums.items()})
+        record.update(evaluate_predictions(*predict(model, val_set, device)))
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        print(
+            f"epoch {epoch + 1}/{recipe.epochs}  loss {record['train_loss']:.4f}  "
+            f"val mAP {record['val_map_class']:.4f}  ({record['seconds']:.1f}s)"
+        )
+        extra = {"stage_config": stage_config, "seed": seed, "epoch": epoch, "history": history}
+        if record["val_map_class"] > best["val_map_class"]:
+            best = {"val_map_class": record["val_map_class"], "epoch": epoch + 1}
+            save_torch_atomic(best_path, make_checkpoint(model, classes, **extra, best=best))
+        save_torch_atomic(
+            last_path,
+            make_checkpoint(
+                model,
+                classes,
+                **extra,
+                best=best,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(),
+            ),
+        )
+        write_json_atomic(
+            metrics_path, {"history": history, "best": best, "finished": False, "config": stage_config}
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+
+    result = {"history": history, "best": best, "finished": True, "config": stage_config}
+    write_json_atomic(metrics_path, result)
+    # Downstream stages use the best epoch, so the caller's model ends as best.pt too.
+    load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
+    return result
+
+
+def _jsonable_config(cfg: dict) -> dict:
+    """Round-trip through JSON so stored and fresh configs compare equal (tuples -> lists)."""
+    import json
+
+    return json.loads(json.dumps(cfg, default=str))
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))

@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from attrlib.config import Recipe
+from attrlib.engine import (
+    check_compatible,
+    fit,
+    load_checkpoint,
+    load_model,
+    multilabel_objective,
+)
+from attrlib.models import vgg16_bn_voc
+
+CLASSES = ("a", "b", "c")
+RECIPE = Recipe(epochs=3, batch_size=8, lr=0.05, schedule="onecycle")
+
+
+def _data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, 3, generator=g) > 0.5).float()
+    labels[labels.sum(1) == 0, 0] = 1
+    images = torch.randn(n, 3, 32, 32, generator=g) * 0.5
+    # class k brightens channel k, so the task is learnable
+    images += labels[:, :, None, None]
+    return TensorDataset(images, labels)
+
+
+def _run(out_dir, recipe=RECIPE, seed=0, **kw):
+    torch.manual_seed(123)  # model init; the loop reseeds per epoch itself
+    model = vgg16_bn_voc(16, num_classes=3, input_size=32)
+    metrics = fit(
+        model, multilabel_objective, _data(32, 0), _data(16, 1), recipe,
+        out_dir=out_dir, classes=CLASSES, seed=seed, device=torch.device("cpu"),
+        stage_config={"name": "test", "seed": seed}, progress=False, **kw,
+    )
+    return model, metrics
+
+
+def test_fit_writes_checkpoints_and_metrics(tmp_path):
+    model, metrics = _run(tmp_path)
+    assert metrics["finished"] and len(metrics["history"]) == 3
+    for name in ("best.pt", "last.pt", "metrics.json", "config.json"):
+        assert (tmp_path / name).is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["best"] == metrics["best"]
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["classes"] == list(CLASSES) and ckpt["epoch"] == 2 and ckpt["seed"] == 0
+    assert {"optimizer", "scheduler", "history", "stage_config"} <= set(ckpt)
+    # round trip: the rebuilt best model gives the caller's model outputs
+    again, _ = load_model(tmp_path / "best.pt", classes=CLASSES)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(again.eval()(x), model.eval()(x))
+
+
+def test_same_seed_same_numbers(tmp_path):
+    _, a = _run(tmp_path / "a")
+    _, b = _run(tmp_path / "b")
+    _, c = _run(tmp_path / "c", seed=1)
+    strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full, full_metrics = _run(tmp_path / "full")
+
+    def interrupt(epoch, record):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", on_epoch_end=interrupt)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
+    resumed, resumed_metrics = _run(tmp_path / "cut")
+    strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
+    assert strip(resumed_metrics) == strip(full_metrics)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_finished_run_is_not_retrained_and_other_config_refused(tmp_path):
+    _run(tmp_path)
+    before = (tmp_path / "last.pt").stat().st_mtime_ns
+    _, metrics = _run(tmp_path)
+    assert metrics["finished"]
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == before
+    with pytest.raises(FileExistsError, match="different config"):
+        _run(tmp_path, recipe=Recipe(epochs=4, batch_size=8, lr=0.05))
+
+
+def test_nan_loss_stops_without_touching_last_good_checkpoint(tmp_path):
+    _run(tmp_path, recipe=Recipe(epochs=1, batch_size=8, lr=0.05))
+    good = (tmp_path / "last.pt").read_bytes()
+
+    def nan_objective(model, images, labels):
+        loss, logs = multilabel_objective(model, images, labels)
+        return loss * float("nan"), logs
+
+    model = vgg16_bn_voc(16, num_classes=3, input_size=32)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1"):
+        fit(
+            model, nan_objective, _data(32, 0), _data(16, 1), RECIPE, out_dir=tmp_path / "nan",
+            classes=CLASSES, seed=0, device=torch.device("cpu"), stage_config={}, progress=False,
+        )
+    assert not (tmp_path / "nan" / "last.pt").exists()
+    assert (tmp_path / "last.pt").read_bytes() == good
+
+
+def test_wrong_architecture_or_classes_named(tmp_path):
+    _run(tmp_path, recipe=Recipe(epochs=1, batch_size=8, lr=0.05))
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    other = vgg16_bn_voc(8, num_classes=3, input_size=32).config
+    with pytest.raises(ValueError, match="conv widths"):
+        check_compatible(ckpt, other, CLASSES)
+    with pytest.raises(ValueError, match=r"classes \['a', 'b', 'c'\] vs \['a', 'b', 'x'\]"):
+        load_model(tmp_path / "best.pt", classes=("a", "b", "x"))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"foo": 1}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt: not an attrlib checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
