@@ -187,6 +187,22 @@ class TeacherConfig:
 STUDENT_WIDTH_DIVS = (2, 4, 8)
 
 
+def _check_matching(matching: str, matching_lambda: float, drop_fraction: float) -> None:
+    """Shared validation of the matching fields of the compression stages."""
+    from attrlib.distill import MATCHINGS, NO_MATCHING
+
+    if matching != NO_MATCHING and matching not in MATCHINGS:
+        raise ValueError(
+            f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {matching!r}"
+        )
+    if matching_lambda < 0:
+        raise ValueError(f"matching_lambda must be >= 0, got {matching_lambda}")
+    if not 0.0 <= drop_fraction < 1.0:
+        raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
+    if drop_fraction > 0 and matching == NO_MATCHING:
+        raise ValueError("drop_fraction > 0 needs a matching loss (stochastic SWA)")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Distil a student from a teacher checkpoint (SPEC: Distillation, matching regularisers)."""
@@ -210,25 +226,130 @@ class DistillConfig:
     recipe: Recipe = field(init=False)
 
     def __post_init__(self) -> None:
-        from attrlib.distill import MATCHINGS, NO_MATCHING
-
         prof = get_profile(self.profile)
         _fill_from(self, {"matching_lambda": prof.matching_lambda})
         object.__setattr__(self, "recipe", recipe_overrides(self, prof.distill))
         if self.width_div not in STUDENT_WIDTH_DIVS:
             raise ValueError(f"width_div must be one of {STUDENT_WIDTH_DIVS}, got {self.width_div}")
-        if self.matching != NO_MATCHING and self.matching not in MATCHINGS:
-            raise ValueError(
-                f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {self.matching!r}"
-            )
-        if self.matching_lambda < 0:
-            raise ValueError(f"matching_lambda must be >= 0, got {self.matching_lambda}")
-        if not 0.0 <= self.drop_fraction < 1.0:
-            raise ValueError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
-        if self.drop_fraction > 0 and self.matching == NO_MATCHING:
-            raise ValueError("drop_fraction > 0 needs a matching loss (stochastic SWA)")
+        _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
         if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"need temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}")
+            raise ValueError(
+                f"need temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate one checkpoint (SPEC: Evaluation); results go beside it unless out_dir is set."""
+
+    profile: str = "default"
+    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
+    checkpoint: str = "runs/default/teacher/best.pt"
+    teacher: str = ""  # reference checkpoint for the agreement columns ("" = none)
+    out_dir: str = ""  # "" = the checkpoint's folder
+    methods: tuple[str, ...] = ("gradcam", "ebp", "lrp", "rap")
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False  # replace an existing eval.json made with another config
+
+    def __post_init__(self) -> None:
+        from attrlib.attribution import METHODS
+
+        get_profile(self.profile)
+        object.__setattr__(self, "methods", tuple(self.methods))
+        if not self.out_dir:
+            object.__setattr__(self, "out_dir", str(Path(self.checkpoint).parent))
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(
+                f"methods must be names in {METHODS.names()}, got {list(self.methods)}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PruneOneShotConfig:
+    """One-shot structured L1 filter pruning + fine-tuning (SPEC: One-shot structured)."""
+
+    profile: str = "default"
+    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
+    model: str = "runs/default/teacher/best.pt"  # checkpoint to prune
+    teacher: str = ""  # reference for matching; "" = the unpruned `model`
+    out_dir: str = "runs/default/prune_oneshot/p0.3-swa"
+    seed: int = 0
+    device: str = "auto"
+    rate: float = 0.3  # fraction of filters removed in the first conv and the last six
+    matching: str = "none"
+    drop_fraction: float = 0.0
+    matching_lambda: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    recipe: Recipe = field(init=False)
+
+    def __post_init__(self) -> None:
+        prof = get_profile(self.profile)
+        _fill_from(self, {"matching_lambda": prof.matching_lambda})
+        if not self.teacher:
+            object.__setattr__(self, "teacher", self.model)
+        object.__setattr__(self, "recipe", recipe_overrides(self, prof.prune_oneshot))
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"rate must be in [0, 1), got {self.rate}")
+        _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PruneIterativeConfig:
+    """Iterative global magnitude pruning, fine-tuning after each step (SPEC: Iterative)."""
+
+    profile: str = "default"
+    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
+    model: str = "runs/default/teacher/best.pt"  # checkpoint to prune
+    teacher: str = ""  # reference for matching; "" = the unpruned `model`
+    out_dir: str = "runs/default/prune_iterative/swa"
+    seed: int = 0
+    device: str = "auto"
+    fraction: float | None = None  # of the remaining conv weights pruned per iteration
+    iterations: int | None = None
+    matching: str = "none"
+    drop_fraction: float = 0.0
+    matching_lambda: float | None = None
+    epochs: int | None = None  # fine-tuning epochs per iteration
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    recipe: Recipe = field(init=False)
+
+    def __post_init__(self) -> None:
+        prof = get_profile(self.profile)
+        _fill_from(
+            self,
+            {
+                "matching_lambda": prof.matching_lambda,
+                "fraction": prof.iterative_fraction,
+                "iterations": prof.iterative_steps,
+            },
+        )
+        if not self.teacher:
+            object.__setattr__(self, "teacher", self.model)
+        object.__setattr__(self, "recipe", recipe_overrides(self, prof.prune_iterative))
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
 
     def to_dict(self) -> dict:
         return asdict(self)

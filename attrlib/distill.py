@@ -43,7 +43,9 @@ def kd_loss(
     s, t = student_logits / T, teacher_logits.detach() / T  # (B, K)
     p_t = torch.sigmoid(t)
     # log-sigmoids keep the KL finite for saturated logits
-    kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (
+        F.logsigmoid(-t) - F.logsigmoid(-s)
+    )
     ce = F.multilabel_soft_margin_loss(student_logits, targets)
     return alpha * T * T * kl.mean() + (1 - alpha) * ce
 
@@ -172,7 +174,11 @@ class CompressionObjective:
         if not 0.0 <= drop_fraction < 1.0:
             raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
         self.teacher = teacher.eval().requires_grad_(False)
-        self.matching, self.matching_lambda, self.drop_fraction = matching, matching_lambda, drop_fraction
+        self.matching, self.matching_lambda, self.drop_fraction = (
+            matching,
+            matching_lambda,
+            drop_fraction,
+        )
         self.kd, self.temperature, self.alpha = kd, temperature, alpha
 
     def __call__(

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from attrlib.config import Recipe
 from attrlib.io import read_json, save_torch_atomic, write_json_atomic
 from attrlib.metrics import mean_average_precision
-from attrlib.models import ModelConfig, VGGVOC, build_model
+from attrlib.models import VGGVOC, ModelConfig, build_model
 
 CHECKPOINT_VERSION = 1
 
@@ -174,7 +174,16 @@ def load_model(
 
 
 def load_state_(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """`load_state_dict` with an error that names the file and the mismatching keys."""
+    """`load_state_dict` with an error that names the file and the mismatching keys.
+
+    A state saved from an unstructurally pruned model (`*.weight_orig` / `*.weight_mask`) first
+    gets its masks re-attached to an unmasked model (`attrlib.prune.attach_masks_`).
+    """
+    if any(key.endswith("weight_mask") for key in state):
+        from attrlib.prune import attach_masks_, has_masks  # here: prune sits above engine
+
+        if not has_masks(model):
+            attach_masks_(model, state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -222,7 +231,9 @@ def fit(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, metrics_path = (out_dir / n for n in ("last.pt", "best.pt", "metrics.json"))
+    last_path, best_path, metrics_path = (
+        out_dir / n for n in ("last.pt", "best.pt", "metrics.json")
+    )
     stage_config = {**stage_config, "recipe": asdict(recipe)}
     stage_config = _jsonable_config(stage_config)
 
@@ -233,7 +244,9 @@ def fit(
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
 
     if last_path.exists():
         ckpt = load_checkpoint(last_path)
@@ -271,7 +284,9 @@ def fit(
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, disable=not progress)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, disable=not progress
+        )
         for step, (images, labels) in enumerate(bar):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
@@ -320,7 +335,8 @@ def fit(
             ),
         )
         write_json_atomic(
-            metrics_path, {"history": history, "best": best, "finished": False, "config": stage_config}
+            metrics_path,
+            {"history": history, "best": best, "finished": False, "config": stage_config},
         )
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)

@@ -37,7 +37,9 @@ class ModelConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.input_size < 32:
-            raise ValueError(f"input_size must be >= 32 px (five 2x max-pools), got {self.input_size}")
+            raise ValueError(
+                f"input_size must be >= 32 px (five 2x max-pools), got {self.input_size}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

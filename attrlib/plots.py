@@ -24,7 +24,9 @@ def plot_history(history: Sequence[dict], title: str = "") -> plt.Figure:
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key in sorted(k for k in history[0] if k.startswith("train_")):
-        ax_loss.plot(epochs, [r[key] for r in history], marker="o", label=key.removeprefix("train_"))
+        ax_loss.plot(
+            epochs, [r[key] for r in history], marker="o", label=key.removeprefix("train_")
+        )
     ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="s", ls="--", label="val loss")
     ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     ax_loss.legend(fontsize=8)
@@ -67,3 +69,64 @@ def save_figure(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("pn
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         fig.savefig(path.with_suffix(f".{fmt}"), dpi=150, bbox_inches="tight")
+
+
+def attribution_grid(
+    image: torch.Tensor,
+    maps: dict[str, dict[str, torch.Tensor]],
+    title: str = "",
+) -> plt.Figure:
+    """Rows = models, columns = the image then each method's (H, W) map over it."""
+    models = list(maps)
+    methods = list(maps[models[0]])
+    picture = denormalize(image[None])[0]
+    fig, axes = plt.subplots(
+        len(models),
+        len(methods) + 1,
+        figsize=(2.0 * (len(methods) + 1), 2.0 * len(models)),
+        squeeze=False,
+    )
+    for r, name in enumerate(models):
+        axes[r, 0].imshow(picture)
+        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+        for c, method in enumerate(methods, start=1):
+            axes[r, c].imshow(picture)
+            axes[r, c].imshow(maps[name][method].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if r == 0:
+                axes[r, c].set_title(method, fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def auc_histograms(pairs, column: str = "auc", hue: str = "model") -> plt.Figure:
+    """Histogram of a per-(image, class) score for each method, one colour per model."""
+    import seaborn as sns
+
+    methods = list(dict.fromkeys(pairs["method"]))
+    if not methods:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.text(0.5, 0.5, "no scored (image, class) pairs", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        sns.histplot(
+            pairs[pairs["method"] == method],
+            x=column,
+            hue=hue,
+            ax=ax,
+            bins=20,
+            binrange=(0, 1),
+            element="step",
+            stat="density",
+            common_norm=False,
+            legend=ax is axes[0, -1],
+        )
+        ax.set_title(method)
+    fig.tight_layout()
+    return fig

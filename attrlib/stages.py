@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
-from attrlib.config import DistillConfig, TeacherConfig, get_profile, resolve_device
-from attrlib.data import VOCClassification, eval_transform, load_classes, train_transform
+import torch
+
+from attrlib.config import (
+    DistillConfig,
+    EvalConfig,
+    PruneIterativeConfig,
+    PruneOneShotConfig,
+    TeacherConfig,
+    get_profile,
+    resolve_device,
+)
+from attrlib.cost import sparsity
+from attrlib.data import (
+    VOCClassification,
+    VOCLocalization,
+    eval_transform,
+    load_classes,
+    train_transform,
+)
 from attrlib.distill import CompressionObjective
-from attrlib.engine import fit, load_model, multilabel_objective
-from attrlib.models import ModelConfig, VGGVOC, build_model, load_torchvision_features_, vgg16_bn_voc
+from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
+from attrlib.evaluate import evaluate_model
+from attrlib.io import read_json, save_torch_atomic, write_json_atomic, write_text_atomic
+from attrlib.models import (
+    VGGVOC,
+    ModelConfig,
+    build_model,
+    load_torchvision_features_,
+    vgg16_bn_voc,
+)
+from attrlib.prune import global_magnitude_, make_permanent_, remaining_fraction, structured_l1
 
 
 def build_datasets(data_root: str, profile: str, classes: tuple[str, ...] | None = None):
@@ -37,9 +65,16 @@ def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
     if cfg.weights:
         load_torchvision_features_(model, cfg.weights)
     metrics = fit(
-        model, multilabel_objective, train, val, cfg.recipe,
-        out_dir=Path(cfg.out_dir), classes=classes, seed=cfg.seed,
-        device=resolve_device(cfg.device), stage_config=cfg.to_dict(),
+        model,
+        multilabel_objective,
+        train,
+        val,
+        cfg.recipe,
+        out_dir=Path(cfg.out_dir),
+        classes=classes,
+        seed=cfg.seed,
+        device=resolve_device(cfg.device),
+        stage_config=cfg.to_dict(),
         num_workers=prof.num_workers,
     )
     return model, metrics
@@ -65,12 +100,143 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
         )
     )
     objective = CompressionObjective(
-        teacher, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=True,
-        temperature=cfg.temperature, alpha=cfg.alpha,
+        teacher,
+        cfg.matching,
+        cfg.matching_lambda,
+        cfg.drop_fraction,
+        kd=True,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
     )
     metrics = fit(
-        student, objective, train, val, cfg.recipe,
-        out_dir=Path(cfg.out_dir), classes=classes, seed=cfg.seed, device=device,
-        stage_config=cfg.to_dict(), num_workers=get_profile(cfg.profile).num_workers,
+        student,
+        objective,
+        train,
+        val,
+        cfg.recipe,
+        out_dir=Path(cfg.out_dir),
+        classes=classes,
+        seed=cfg.seed,
+        device=device,
+        stage_config=cfg.to_dict(),
+        num_workers=get_profile(cfg.profile).num_workers,
     )
     return student, metrics
+
+
+def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict:
+    """Score a checkpoint; writes `eval.json` and `eval_pairs.csv` in `cfg.out_dir`.
+
+    An existing `eval.json` made with the same config is returned as it is; one made with
+    another config is an error unless `cfg.overwrite`.
+    """
+    out_dir = Path(cfg.out_dir)
+    summary_path = out_dir / "eval.json"
+    config = json.loads(json.dumps(cfg.to_dict()))
+    if summary_path.exists():
+        stored = read_json(summary_path)
+        if stored.get("config") == config:
+            return stored
+        if not cfg.overwrite:
+            raise FileExistsError(
+                f"{summary_path} was made with another config ({stored.get('config')}); "
+                "pass overwrite=True to replace it"
+            )
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model, classes = load_reference(cfg.checkpoint, cfg.data_root, device)
+    reference = load_reference(cfg.teacher, cfg.data_root, device)[0] if cfg.teacher else None
+    size = model.config.input_size
+    val = VOCClassification(cfg.data_root, "val", classes, eval_transform(size))
+    loc = VOCLocalization(cfg.data_root, "val", classes, size=size)
+    summary, table = evaluate_model(
+        model, val, loc, cfg.methods, reference, cfg.batch_size, device, progress
+    )
+    summary = {"checkpoint": cfg.checkpoint, "teacher": cfg.teacher, **summary, "config": config}
+    write_text_atomic(out_dir / "eval_pairs.csv", table.to_csv(index=False))
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
+    """Structured L1 pruning at `cfg.rate`, then fine-tuning with CE (+ matching)."""
+    device = resolve_device(cfg.device)
+    model, classes = load_reference(cfg.model, cfg.data_root, device)
+    reference = (
+        model if cfg.teacher == cfg.model else load_reference(cfg.teacher, cfg.data_root, device)[0]
+    )
+    pruned = structured_l1(model, cfg.rate)  # a new, smaller network; `model` stays intact
+    train, val, _ = build_datasets(cfg.data_root, cfg.profile, classes)
+    objective = CompressionObjective(
+        reference, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=False
+    )
+    metrics = fit(
+        pruned,
+        objective,
+        train,
+        val,
+        cfg.recipe,
+        out_dir=Path(cfg.out_dir),
+        classes=classes,
+        seed=cfg.seed,
+        device=device,
+        stage_config=cfg.to_dict(),
+        num_workers=get_profile(cfg.profile).num_workers,
+    )
+    return pruned, metrics
+
+
+def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[VGGVOC, list[dict]]:
+    """Global magnitude pruning of `cfg.fraction` of the remaining conv weights per iteration,
+    each followed by fine-tuning; iteration k lives in `out_dir/iter_{k:02d}/`.
+
+    Finished iterations are reloaded (masks included), an interrupted one resumes from its
+    `last.pt`, so the schedule restarts where it stopped. After the last iteration the
+    masks are made permanent in `final.pt`. Returns (final model, one record per iteration),
+    also written to `out_dir/schedule.json`.
+    """
+    device = resolve_device(cfg.device)
+    model, classes = load_reference(cfg.model, cfg.data_root, device)
+    reference = load_reference(cfg.teacher, cfg.data_root, device)[0]
+    train, val, _ = build_datasets(cfg.data_root, cfg.profile, classes)
+    objective = CompressionObjective(
+        reference, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=False
+    )
+    out_dir = Path(cfg.out_dir)
+    records = []
+    for k in range(1, cfg.iterations + 1):
+        iter_dir = out_dir / f"iter_{k:02d}"
+        # Same masks as the interrupted or finished run: pruning is deterministic given the
+        # previous iteration's best weights, and fit() reloads the stored masks anyway.
+        global_magnitude_(model, cfg.fraction)
+        metrics = fit(
+            model,
+            objective,
+            train,
+            val,
+            cfg.recipe,
+            out_dir=iter_dir,
+            classes=classes,
+            seed=cfg.seed + k,
+            device=device,
+            stage_config={**cfg.to_dict(), "iteration": k},
+            num_workers=get_profile(cfg.profile).num_workers,
+            progress=progress,
+        )
+        records.append(
+            {
+                "iteration": k,
+                "remaining_target": remaining_fraction(k, cfg.fraction),
+                "sparsity": sparsity(model),
+                "best": metrics["best"],
+            }
+        )
+        write_json_atomic(
+            out_dir / "schedule.json", {"config": cfg.to_dict(), "iterations": records}
+        )
+    final = copy.deepcopy(model)
+    make_permanent_(final)
+    save_torch_atomic(
+        out_dir / "final.pt", make_checkpoint(final, classes, stage_config=cfg.to_dict())
+    )
+    return final, records

@@ -83,7 +83,7 @@ def test_head_only_swa_equals_full_backward_construction():
     g_head = torch.autograd.grad(matching_loss(head_only, target), params, allow_unused=True)
     full = swa_map_full_backward(student, images, classes)
     g_full = torch.autograd.grad(matching_loss(full, target), params, allow_unused=True)
-    for a, b in zip(g_head, g_full):
+    for a, b in zip(g_head, g_full, strict=False):
         if a is None or b is None:
             assert a is None and b is None or (a if b is None else b).abs().max() < 1e-7
             continue
@@ -106,7 +106,9 @@ def test_objective_step_trains_student_only(matching, kd):
     teacher, student, images = _pair()
     labels = (torch.rand(4, 6) > 0.5).float()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    objective = CompressionObjective(teacher, matching, 100.0, 0.3 if matching == "swa" else 0.0, kd=kd)
+    objective = CompressionObjective(
+        teacher, matching, 100.0, 0.3 if matching == "swa" else 0.0, kd=kd
+    )
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     s_before = [p.clone() for p in student.parameters()]
     loss, logs = objective(student, images, labels)
@@ -119,7 +121,7 @@ def test_objective_step_trains_student_only(matching, kd):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     assert all(p.grad is None for p in teacher.parameters())
     assert not teacher.training
-    assert any(not torch.equal(a, b) for a, b in zip(s_before, student.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(s_before, student.parameters(), strict=False))
 
 
 def test_matching_gradient_reaches_student_through_the_map():

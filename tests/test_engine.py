@@ -32,9 +32,18 @@ def _run(out_dir, recipe=RECIPE, seed=0, **kw):
     torch.manual_seed(123)  # model init; the loop reseeds per epoch itself
     model = vgg16_bn_voc(16, num_classes=3, input_size=32)
     metrics = fit(
-        model, multilabel_objective, _data(32, 0), _data(16, 1), recipe,
-        out_dir=out_dir, classes=CLASSES, seed=seed, device=torch.device("cpu"),
-        stage_config={"name": "test", "seed": seed}, progress=False, **kw,
+        model,
+        multilabel_objective,
+        _data(32, 0),
+        _data(16, 1),
+        recipe,
+        out_dir=out_dir,
+        classes=CLASSES,
+        seed=seed,
+        device=torch.device("cpu"),
+        stage_config={"name": "test", "seed": seed},
+        progress=False,
+        **kw,
     )
     return model, metrics
 
@@ -78,7 +87,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     resumed, resumed_metrics = _run(tmp_path / "cut")
     strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
     assert strip(resumed_metrics) == strip(full_metrics)
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
@@ -103,8 +112,17 @@ def test_nan_loss_stops_without_touching_last_good_checkpoint(tmp_path):
     model = vgg16_bn_voc(16, num_classes=3, input_size=32)
     with pytest.raises(FloatingPointError, match=r"epoch 1, step 1"):
         fit(
-            model, nan_objective, _data(32, 0), _data(16, 1), RECIPE, out_dir=tmp_path / "nan",
-            classes=CLASSES, seed=0, device=torch.device("cpu"), stage_config={}, progress=False,
+            model,
+            nan_objective,
+            _data(32, 0),
+            _data(16, 1),
+            RECIPE,
+            out_dir=tmp_path / "nan",
+            classes=CLASSES,
+            seed=0,
+            device=torch.device("cpu"),
+            stage_config={},
+            progress=False,
         )
     assert not (tmp_path / "nan" / "last.pt").exists()
     assert (tmp_path / "last.pt").read_bytes() == good

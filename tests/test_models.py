@@ -3,8 +3,8 @@ import torch
 import torchvision
 
 from attrlib.models import (
-    ModelConfig,
     VGG16_WIDTHS,
+    ModelConfig,
     build_model,
     load_torchvision_features_,
     vgg16_bn_voc,

@@ -60,6 +60,9 @@ def attribute(
         )
     if classes.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"classes must be an integer tensor, got {classes.dtype}")
+    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if classes.numel() and (classes.min() < 0 or (num_classes and classes.max() >= num_classes)):
+        raise ValueError(f"classes must lie in [0, {num_classes}), got {classes.tolist()}")
     classes = classes.to(images.device, torch.int64)
     with eval_mode(model), torch.enable_grad():
         maps = fn(model, images, classes)  # (B, h, w)

@@ -1,0 +1,200 @@
+"""Evaluate a model: prediction (mAP, F1), cost, and localization of its attribution maps.
+
+SPEC, Evaluation: for each image of the segmentation val split and each ground-truth class
+c that the model predicts (logit > 0), the map of every attribution method is min-max
+normalised and scored by ROC AUC against the class mask (void excluded) and by the pointing
+game. Beyond the paper, each map is also compared with the reference (teacher) network's map
+for the same image, class and method: cosine similarity and AUC against the teacher's
+top-15 % region ("is the attribution preserved?").
+
+All pairs of a batch are evaluated at once: one `attribute` call per method and batch, and
+metrics computed for the whole batch on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from attrlib.attribution import METHODS, attribute
+from attrlib.cost import model_cost
+from attrlib.data import class_masks
+from attrlib.engine import predict
+from attrlib.metrics import (
+    agreement_auc,
+    f1_score,
+    localization_auc,
+    map_cosine,
+    mean_average_precision,
+    normalize_maps,
+    pointing_game,
+)
+from attrlib.prune import permanent_copy
+
+DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "ebp", "lrp", "rap")
+AGREEMENT_TOP = 0.15  # fraction of the teacher's highest pixels that forms its "region"
+
+
+def prediction_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Class mAP (VOC standard), the authors' per-sample mAP, and F1 at logit > 0.5."""
+    return {
+        "map_class": mean_average_precision(logits, labels, average="class").item(),
+        "map_sample": mean_average_precision(logits, labels, average="sample").item(),
+        "f1": f1_score(logits, labels, threshold=0.5).item(),
+    }
+
+
+def select_pairs(
+    logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image row, class) pairs to score: ground truth, predicted (logit > 0), mask scorable.
+
+    A pair whose class mask is empty or covers every valid pixel after resizing has no
+    defined AUC; it is left out (counted in the summary as `pairs_unscorable`).
+    Returns rows (P,) and classes (P,) int64.
+    """
+    rows, classes = torch.nonzero((labels > 0) & (logits > 0), as_tuple=True)  # (P,), (P,)
+    target, valid = class_masks(masks[rows], classes)  # (P, S, S)
+    inside = (target & valid).flatten(1).sum(1)
+    outside = (~target & valid).flatten(1).sum(1)
+    keep = (inside > 0) & (outside > 0)
+    return rows[keep], classes[keep]
+
+
+def localization_table(
+    model: nn.Module,
+    dataset: Dataset,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    reference: nn.Module | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per (image, class, method): auc, pointing, and agreement with `reference`.
+
+    Args:
+        dataset: items (image (3,S,S), labels (K,), mask (S,S)) — `VOCLocalization`.
+        reference: the teacher / unpruned network, or None (no agreement columns).
+    Returns:
+        (table, counts) with counts of GT pairs, predicted pairs and unscorable pairs.
+    """
+    for name in methods:
+        METHODS.get(name)
+    device = torch.device(device)
+    ids = getattr(dataset, "ids", None)
+    counts = {"pairs_gt": 0, "pairs_predicted": 0, "pairs_scored": 0}
+    frames = []
+    offset = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for images, labels, masks in tqdm(loader, desc="localization", disable=not progress):
+        images, labels, masks = images.to(device), labels.to(device), masks.to(device)
+        with torch.no_grad():
+            was_training = model.training
+            logits = model.eval()(images)  # (B, K)
+            model.train(was_training)
+        counts["pairs_gt"] += int((labels > 0).sum())
+        counts["pairs_predicted"] += int(((labels > 0) & (logits > 0)).sum())
+        rows, classes = select_pairs(logits, labels, masks)  # (P,), (P,)
+        counts["pairs_scored"] += len(rows)
+        if len(rows) == 0:
+            offset += images.shape[0]
+            continue
+        target, valid = class_masks(masks[rows], classes)  # (P, S, S)
+        pair_images = images[rows]  # (P, 3, S, S)
+        for name in methods:
+            maps = normalize_maps(attribute(model, pair_images, classes, name))  # (P, S, S)
+            columns = {
+                "image": [ids[i] if ids else i for i in (rows + offset).tolist()],
+                "class": classes.tolist(),
+                "method": name,
+                "auc": localization_auc(maps, target, valid).tolist(),
+                "pointing": pointing_game(maps, target).float().tolist(),
+            }
+            if reference is not None:
+                ref_maps = normalize_maps(attribute(reference, pair_images, classes, name))
+                columns["cosine_teacher"] = map_cosine(maps, ref_maps).tolist()
+                columns["auc_teacher"] = agreement_auc(maps, ref_maps, AGREEMENT_TOP).tolist()
+            frames.append(pd.DataFrame(columns))
+        offset += images.shape[0]
+    if not frames:  # nothing scorable (e.g. a model that predicts no ground-truth class)
+        columns = ["image", "class", "method", "auc", "pointing"]
+        columns += ["cosine_teacher", "auc_teacher"] if reference is not None else []
+        return pd.DataFrame(columns=columns), counts
+    return pd.concat(frames, ignore_index=True), counts
+
+
+def summarize(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Mean of every score column per method (NaN agreement rows skipped)."""
+    if table.empty:
+        return {}
+    scores = [c for c in ("auc", "pointing", "cosine_teacher", "auc_teacher") if c in table]
+    means = table.groupby("method")[scores].mean()
+    return {m: {c: float(means.loc[m, c]) for c in scores} for m in means.index}
+
+
+def evaluate_model(
+    model: nn.Module,
+    val_set: Dataset,
+    loc_set: Dataset,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    reference: nn.Module | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[dict, pd.DataFrame]:
+    """Prediction, cost and localization of one model: (summary dict, per-pair table)."""
+    device = torch.device(device)
+    model = permanent_copy(model).to(device)
+    if reference is not None:
+        reference = permanent_copy(reference).to(device)
+    logits, labels = predict(model, val_set, device)
+    table, counts = localization_table(
+        model, loc_set, methods, reference, batch_size, device, progress
+    )
+    summary = {
+        **prediction_metrics(logits, labels),
+        **model_cost(model),
+        **counts,
+        "localization": summarize(table),
+    }
+    return summary, table
+
+
+def summary_frame(summaries: Sequence[dict]) -> pd.DataFrame:
+    """One row per evaluated checkpoint: prediction, cost and '<method> <metric>' columns."""
+    rows = []
+    for s in summaries:
+        row = {
+            "checkpoint": s["checkpoint"],
+            "map_class": s["map_class"],
+            "map_sample": s["map_sample"],
+            "f1": s["f1"],
+            "params": s["params"],
+            "macs": s["macs"],
+            "sparsity": s["sparsity"],
+        }
+        for method, scores in s["localization"].items():
+            row.update({f"{method} {metric}": value for metric, value in scores.items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("checkpoint")
+
+
+def image_maps(
+    models: dict[str, nn.Module], image: torch.Tensor, target: int, methods: Sequence[str]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Normalised (H, W) maps of one image (3, H, W) for class `target`: {model: {method: map}}."""
+    classes = torch.tensor([target])
+    return {
+        name: {
+            method: normalize_maps(attribute(permanent_copy(model), image[None], classes, method))[
+                0
+            ].cpu()
+            for method in methods
+        }
+        for name, model in models.items()
+    }
