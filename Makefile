@@ -27,9 +27,52 @@ define run_notebook
 	@mv $(dir $(2)).partial-$(notdir $(2)) $(2)
 endef
 
-.PHONY: all venv data teacher test test-slow lint lab clean clean-runs help
+# The study's grid per profile (run names: distill/x<width>-<method>-s<seed>,
+# prune_oneshot/p<rate>-<method>-s<seed>, prune_iterative/<method>-s<seed>).
+ifeq ($(PROFILE),voc)
+SEEDS ?= 0
+DISTILL_WIDTHS := 2 4 8
+DISTILL_METHODS := kd ewa swa sswa
+PRUNE_RATES := 0.3 0.5 0.7
+ONESHOT_METHODS := naive swa sswa
+ITERATIVE_METHODS := naive swa sswa
+else ifeq ($(PROFILE),smoke)
+SEEDS ?= 0
+DISTILL_WIDTHS := 2
+DISTILL_METHODS := kd swa
+PRUNE_RATES := 0.5
+ONESHOT_METHODS := naive swa
+ITERATIVE_METHODS := naive swa
+else
+SEEDS ?= 0
+DISTILL_WIDTHS := 2 4
+DISTILL_METHODS := kd ewa swa sswa
+PRUNE_RATES := 0.3 0.5 0.7
+ONESHOT_METHODS := naive swa sswa
+ITERATIVE_METHODS := naive swa
+endif
+# method name -> notebook parameters
+MATCH_kd := -p matching none
+MATCH_naive := -p matching none
+MATCH_ewa := -p matching ewa
+MATCH_swa := -p matching swa
+MATCH_sswa := -p matching swa -p drop_fraction 0.3
 
-all: teacher
+TEACHER_NB := $(RUNS)/teacher/01_teacher.ipynb
+TEACHER_CKPT := $(RUNS)/teacher/best.pt
+DISTILL_NBS := $(foreach s,$(SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(RUNS)/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
+ONESHOT_NBS := $(foreach s,$(SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(RUNS)/prune_oneshot/p$(r)-$(m)-s$(s)/03_prune_oneshot.ipynb)))
+ITERATIVE_NBS := $(foreach s,$(SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(RUNS)/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
+EVAL_NB := $(RUNS)/evaluate/05_evaluate.ipynb
+PAPER_NB := $(RUNS)/paper/06_paper.ipynb
+COMMON = -p profile $(PROFILE) -p data_root $(DATA_ROOT)
+# words of a run name such as x2-swa-s0 or p0.3-naive-s1
+word_of = $(word $(1),$(subst -, ,$(2)))
+
+.PHONY: all venv data teacher distill prune prune-oneshot prune-iterative evaluate paper bench \
+	test test-slow lint lab clean clean-runs help
+
+all: paper
 
 help:
 	@sed -n '1,6p' Makefile
@@ -52,6 +95,31 @@ endif
 teacher: $(RUNS)/teacher/01_teacher.ipynb
 $(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_STAMP) | $(STAMP)
 	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p seed $(SEED) -p data_root $(DATA_ROOT) -p out_dir $(RUNS)/teacher -p weights '$(TEACHER_WEIGHTS)')
+
+distill: $(DISTILL_NBS)
+$(RUNS)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(TEACHER_NB)
+	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)))
+
+prune: prune-oneshot prune-iterative
+prune-oneshot: $(ONESHOT_NBS)
+$(RUNS)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(TEACHER_NB)
+	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)))
+
+prune-iterative: $(ITERATIVE_NBS)
+$(RUNS)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(TEACHER_NB)
+	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)))
+
+# Every finished model of the profile: the teacher, students, pruned networks, iterations.
+evaluate: $(EVAL_NB)
+$(EVAL_NB): notebooks/05_evaluate.ipynb $(TEACHER_NB) $(DISTILL_NBS) $(ONESHOT_NBS) $(ITERATIVE_NBS)
+	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -y "checkpoints: [$$(find $(RUNS) -name best.pt -not -path '*/evaluate/*' | sort | paste -sd, -)]")
+
+paper: $(PAPER_NB)
+$(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NB)
+	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p runs_dir $(RUNS) -p out_dir $(dir $@))
+
+bench: $(STAMP)
+	$(PY) benchmarks/distill_step.py --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

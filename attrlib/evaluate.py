@@ -50,15 +50,23 @@ def prediction_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, 
 
 
 def select_pairs(
-    logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    require_prediction: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image row, class) pairs to score: ground truth, predicted (logit > 0), mask scorable.
 
     A pair whose class mask is empty or covers every valid pixel after resizing has no
     defined AUC; it is left out (counted in the summary as `pairs_unscorable`).
-    Returns rows (P,) and classes (P,) int64.
+    `require_prediction=False` drops the logit > 0 condition (every scorable ground-truth
+    pair; used by the benchmark on an untrained network). Returns rows (P,) and classes (P,)
+    int64.
     """
-    rows, classes = torch.nonzero((labels > 0) & (logits > 0), as_tuple=True)  # (P,), (P,)
+    chosen = labels > 0  # (B, K)
+    if require_prediction:
+        chosen = chosen & (logits > 0)
+    rows, classes = torch.nonzero(chosen, as_tuple=True)  # (P,), (P,)
     target, valid = class_masks(masks[rows], classes)  # (P, S, S)
     inside = (target & valid).flatten(1).sum(1)
     outside = (~target & valid).flatten(1).sum(1)
@@ -74,12 +82,15 @@ def localization_table(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    require_prediction: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """One row per (image, class, method): auc, pointing, and agreement with `reference`.
 
     Args:
         dataset: items (image (3,S,S), labels (K,), mask (S,S)) — `VOCLocalization`.
         reference: the teacher / unpruned network, or None (no agreement columns).
+        require_prediction: score only pairs the model predicts (logit > 0), as the paper;
+            False scores every scorable ground-truth pair (see `select_pairs`).
     Returns:
         (table, counts) with counts of GT pairs, predicted pairs and unscorable pairs.
     """
@@ -99,7 +110,7 @@ def localization_table(
             model.train(was_training)
         counts["pairs_gt"] += int((labels > 0).sum())
         counts["pairs_predicted"] += int(((labels > 0) & (logits > 0)).sum())
-        rows, classes = select_pairs(logits, labels, masks)  # (P,), (P,)
+        rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)
         counts["pairs_scored"] += len(rows)
         if len(rows) == 0:
             offset += images.shape[0]

@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write through a temp file in the same folder, fsync, then rename over `path`."""
@@ -20,6 +23,7 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         write(tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())

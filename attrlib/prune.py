@@ -17,7 +17,6 @@ magnitude pruning.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -345,12 +344,18 @@ def make_permanent_(model: nn.Module) -> nn.Module:
     return model
 
 
-def permanent_copy(model: nn.Module) -> nn.Module:
-    """`model` itself when it has no masks, else a deep copy with the masks made permanent.
+def permanent_copy(model: VGGVOC) -> VGGVOC:
+    """`model` itself when it has no masks, else a copy with the masks made permanent.
 
     Attribution rules that rewrite weights (zennit's canonizers) would be undone by the
     pruning pre-hook, which recomputes `weight = weight_orig * weight_mask` every forward.
+    (A masked module cannot be deep-copied: its `weight` is not a graph leaf.)
     """
     if not has_masks(model):
         return model
-    return make_permanent_(copy.deepcopy(model))
+    from attrlib.engine import load_state_  # here: prune sits below engine
+
+    device = next(model.parameters()).device
+    fresh = build_model(model.config).to(device)
+    load_state_(fresh, model.state_dict(), source="masked model")
+    return make_permanent_(fresh).train(model.training)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from attrlib.models import (
     load_torchvision_features_,
     vgg16_bn_voc,
 )
-from attrlib.prune import global_magnitude_, make_permanent_, remaining_fraction, structured_l1
+from attrlib.prune import global_magnitude_, permanent_copy, remaining_fraction, structured_l1
 
 
 def build_datasets(data_root: str, profile: str, classes: tuple[str, ...] | None = None):
@@ -234,8 +233,7 @@ def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[V
         write_json_atomic(
             out_dir / "schedule.json", {"config": cfg.to_dict(), "iterations": records}
         )
-    final = copy.deepcopy(model)
-    make_permanent_(final)
+    final = permanent_copy(model)
     save_torch_atomic(
         out_dir / "final.pt", make_checkpoint(final, classes, stage_config=cfg.to_dict())
     )

@@ -11,7 +11,14 @@ import nbformat
 import papermill as pm
 import pytest
 
-from attrlib.config import DistillConfig, EvalConfig, TeacherConfig, get_profile
+from attrlib.config import (
+    DistillConfig,
+    EvalConfig,
+    PruneIterativeConfig,
+    PruneOneShotConfig,
+    TeacherConfig,
+    get_profile,
+)
 from attrlib.synthvoc import generate
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -19,7 +26,10 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CONFIGS = {
     "01_teacher": (TeacherConfig, {}),
     "02_distill": (DistillConfig, {}),
+    "03_prune_oneshot": (PruneOneShotConfig, {}),
+    "04_prune_iterative": (PruneIterativeConfig, {}),
     "05_evaluate": (EvalConfig, {"checkpoint": "checkpoints"}),
+    "06_paper": (None, {}),
 }
 
 
@@ -41,17 +51,24 @@ def test_stored_without_outputs(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: outputs"
-        source = cell.source if cell.cell_type == "code" else ""
-        assert "def " not in source and "class " not in source, f"{path.name}: logic in notebook"
+        if cell.cell_type == "code":
+            nodes = ast.walk(ast.parse(cell.source))
+            defs = [n for n in nodes if isinstance(n, ast.FunctionDef | ast.ClassDef | ast.Lambda)]
+            assert not defs, f"{path.name}: functions or classes belong in attrlib"
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_parameters_match_config_fields(name):
     cls, renamed = CONFIGS[name]
+    if cls is None:  # the paper notebook only reads results
+        assert _parameters(name) == ["profile", "runs_dir", "out_dir"]
+        return
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     expected = {renamed.get(f, f) for f in fields}
     if name == "05_evaluate":
-        expected.add("out_dir")  # the folder of the notebook's own figures; eval.json goes beside each model
+        expected.add(
+            "out_dir"
+        )  # the folder of the notebook's own figures; eval.json goes beside each model
     assert set(_parameters(name)) == expected
 
 
@@ -59,18 +76,24 @@ def test_parameters_match_config_fields(name):
 def smoke_data(tmp_path_factory):
     spec = get_profile("smoke").synth
     root = tmp_path_factory.mktemp("smoke")
-    return generate(root, spec.n_train, spec.n_val, spec.image_size, seed=0, workers=1, progress=False)
+    return generate(
+        root, spec.n_train, spec.n_val, spec.image_size, seed=0, workers=1, progress=False
+    )
 
 
 def _execute(name: str, out: Path, **parameters) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
-        parameters=parameters, progress_bar=False, cwd=str(out),
+        str(NOTEBOOKS / f"{name}.ipynb"),
+        str(out / f"{name}.ipynb"),
+        parameters=parameters,
+        progress_bar=False,
+        cwd=str(out),
     )
 
 
-def test_teacher_distill_evaluate_notebooks_run_on_smoke(smoke_data, tmp_path):
+def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
+    """The whole chain on the smoke profile: teacher, distill, both prunings, evaluate, paper."""
     runs = tmp_path / "runs"
     common = {"profile": "smoke", "data_root": str(smoke_data), "device": "cpu"}
     _execute("01_teacher", runs / "teacher", out_dir=str(runs / "teacher"), **common)
@@ -80,17 +103,73 @@ def test_teacher_distill_evaluate_notebooks_run_on_smoke(smoke_data, tmp_path):
     metrics = json.loads((runs / "teacher" / "metrics.json").read_text())
     assert metrics["finished"] and len(metrics["history"]) == get_profile("smoke").teacher.epochs
 
+    student = runs / "distill" / "x2-sswa-s0"
     _execute(
-        "02_distill", runs / "distill", out_dir=str(runs / "distill"), teacher=str(teacher),
-        width_div=2, matching="swa", drop_fraction=0.3, **common,
+        "02_distill",
+        student,
+        out_dir=str(student),
+        teacher=str(teacher),
+        width_div=2,
+        matching="swa",
+        drop_fraction=0.3,
+        **common,
     )
-    history = json.loads((runs / "distill" / "metrics.json").read_text())["history"]
+    history = json.loads((student / "metrics.json").read_text())["history"]
     assert "train_match" in history[0] and "train_kd" in history[0]
 
+    oneshot = runs / "prune_oneshot" / "p0.5-swa-s0"
     _execute(
-        "05_evaluate", runs / "evaluate", out_dir=str(runs / "evaluate"), teacher=str(teacher),
-        checkpoints=[str(teacher), str(runs / "distill" / "best.pt")], batch_size=8, **common,
+        "03_prune_oneshot",
+        oneshot,
+        out_dir=str(oneshot),
+        model=str(teacher),
+        rate=0.5,
+        matching="swa",
+        **common,
     )
-    summary = json.loads((runs / "distill" / "eval.json").read_text())
-    assert set(summary["localization"]) <= {"gradcam", "ebp", "lrp", "rap"}
+    cost = json.loads((oneshot / "cost.json").read_text())
+    assert cost["params"] < json.loads((runs / "teacher" / "metrics.json").read_text()).get(
+        "params", float("inf")
+    )
+
+    iterative = runs / "prune_iterative" / "swa-s0"
+    _execute(
+        "04_prune_iterative",
+        iterative,
+        out_dir=str(iterative),
+        model=str(teacher),
+        matching="swa",
+        **common,
+    )
+    schedule = json.loads((iterative / "schedule.json").read_text())["iterations"]
+    steps = get_profile("smoke").iterative_steps
+    assert [r["iteration"] for r in schedule] == list(range(1, steps + 1))
+    assert abs(schedule[-1]["sparsity"] - (1 - 0.8**steps)) < 0.01
+    assert (iterative / "final.pt").is_file()
+
+    checkpoints = [str(p) for p in sorted(runs.glob("**/best.pt"))]
+    _execute(
+        "05_evaluate",
+        runs / "evaluate",
+        out_dir=str(runs / "evaluate"),
+        teacher=str(teacher),
+        checkpoints=checkpoints,
+        batch_size=8,
+        **common,
+    )
+    for ckpt in checkpoints:
+        summary = json.loads((Path(ckpt).parent / "eval.json").read_text())
+        assert {"map_class", "map_sample", "f1", "params", "macs", "sparsity"} <= set(summary)
     assert (runs / "evaluate" / "summary.csv").is_file()
+
+    _execute(
+        "06_paper", runs / "paper", profile="smoke", runs_dir=str(runs), out_dir=str(runs / "paper")
+    )
+    for name in (
+        "table_distillation.md",
+        "table_structured.tex",
+        "unstructured_auc.pdf",
+        "qualitative.png",
+        "summary.md",
+    ):
+        assert (runs / "paper" / name).is_file(), name

@@ -1,0 +1,295 @@
+"""The paper's tables and figures, built from every `eval.json` under a profile's runs folder.
+
+Nothing is hard-coded: a run is described by its `config.json` (stage, width, rate, matching,
+seed) and scored by its `eval.json`. Tables give mean ± std over seeds; a paired test over
+the same (image, class) pairs tells which naive-vs-matching differences are real.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from attrlib.io import write_text_atomic
+
+STAGES = ("teacher", "distill", "prune_oneshot", "prune_iterative")
+ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap")
+SCORES = ("auc", "pointing", "cosine_teacher", "auc_teacher")
+PALETTE = {  # one colour per compression method, shared by every figure
+    "teacher": "#4d4d4d",
+    "KD": "#1f77b4",
+    "naive": "#1f77b4",
+    "KD+EWA": "#9467bd",
+    "KD+SWA": "#d62728",
+    "SWA": "#d62728",
+    "KD+stochastic SWA": "#ff7f0e",
+    "stochastic SWA": "#ff7f0e",
+}
+
+
+def method_label(stage: str, config: dict) -> str:
+    """Human name of a compression method from its stage config."""
+    if stage == "teacher":
+        return "teacher"
+    matching, drop = config.get("matching", "none"), config.get("drop_fraction", 0.0)
+    name = {"none": "", "ewa": "EWA", "swa": "SWA"}.get(matching, matching.upper())
+    if drop and drop > 0:
+        name = f"stochastic {name}"
+    if stage == "distill":
+        return "KD" + (f"+{name}" if name else "")
+    return name or "naive"
+
+
+def _stage_of(path: Path, runs_dir: Path) -> str:
+    parts = path.relative_to(runs_dir).parts
+    if parts[0] not in STAGES:
+        raise ValueError(f"{path}: not under one of the stage folders {STAGES}")
+    return parts[0]
+
+
+def collect(runs_dir: str | Path, require: Sequence[str] = STAGES) -> pd.DataFrame:
+    """One row per evaluated model under `runs_dir` with its description and scores.
+
+    Raises FileNotFoundError naming every stage in `require` that has no evaluated model.
+    """
+    runs_dir = Path(runs_dir)
+    rows = []
+    for eval_path in sorted(runs_dir.glob("**/eval.json")):
+        if "evaluate" in eval_path.relative_to(runs_dir).parts[:1]:
+            continue
+        summary = json.loads(eval_path.read_text())
+        folder = eval_path.parent
+        stage = _stage_of(eval_path, runs_dir)
+        config = json.loads((folder / "config.json").read_text())
+        row = {
+            "stage": stage,
+            "run": str(folder.relative_to(runs_dir)),
+            "method": method_label(stage, config),
+            "seed": config.get("seed", 0),
+            "width_div": config.get("width_div") if stage == "distill" else None,
+            "rate": config.get("rate") if stage == "prune_oneshot" else None,
+            "iteration": config.get("iteration") if stage == "prune_iterative" else None,
+        }
+        for key in (
+            "map_class",
+            "map_sample",
+            "f1",
+            "params",
+            "nonzero_params",
+            "macs",
+            "sparsity",
+        ):
+            row[key] = summary[key]
+        for method, scores in summary["localization"].items():
+            for score, value in scores.items():
+                row[f"{method} {score}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    found = set(frame["stage"]) if len(frame) else set()
+    missing = [s for s in require if s not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"no evaluated models for stage(s) {missing} under {runs_dir}: run those stages "
+            "and `make evaluate` first (each model needs an eval.json beside its config.json)"
+        )
+    return frame
+
+
+def _metric_columns(frame: pd.DataFrame, scores: Sequence[str]) -> list[str]:
+    cols = ["map_class", "f1"]
+    for method in ATTRIBUTION_METHODS:
+        cols += [f"{method} {s}" for s in scores if f"{method} {s}" in frame]
+    return cols
+
+
+def mean_std(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of `columns` per group of `keys`, plus the seed count."""
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    out = grouped[columns].agg(["mean", "std"])
+    out[("seeds", "n")] = grouped.size()
+    return out
+
+
+def distillation_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> pd.DataFrame:
+    """Teacher, then per student width the methods: mAP, F1, AUC / pointing / agreement."""
+    order = ["KD", "KD+EWA", "KD+SWA", "KD+stochastic SWA"]
+    cols = _metric_columns(frame, scores)
+    teacher = frame[frame["stage"] == "teacher"].assign(width_div=1)
+    students = frame[frame["stage"] == "distill"]
+    table = mean_std(pd.concat([teacher, students]), ["width_div", "method"], cols)
+    rank = {m: i for i, m in enumerate(["teacher", *order])}
+    return table.sort_index(key=lambda idx: idx.map(rank) if idx.name == "method" else idx)
+
+
+def structured_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> pd.DataFrame:
+    """Prune rate x {naive, SWA, stochastic SWA}: metrics plus parameters and MACs."""
+    cols = _metric_columns(frame, scores) + ["params", "macs"]
+    rows = frame[frame["stage"] == "prune_oneshot"]
+    return mean_std(rows, ["rate", "method"], cols)
+
+
+def unstructured_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Iterative-pruning rows with the teacher as iteration 0 of every method."""
+    rows = frame[frame["stage"] == "prune_iterative"]
+    teacher = frame[frame["stage"] == "teacher"]
+    starts = [teacher.assign(method=m, iteration=0) for m in rows["method"].unique()]
+    return pd.concat([*starts, rows], ignore_index=True)
+
+
+def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
+    """mAP and each attribution method's `score` against sparsity, one line per method."""
+    rows = unstructured_frame(frame)
+    panels = ["map_class"] + [f"{m} {score}" for m in ATTRIBUTION_METHODS if f"{m} {score}" in rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    for ax, col in zip(axes[0], panels, strict=True):
+        for method, group in rows.groupby("method"):
+            agg = group.groupby("iteration").agg(
+                sparsity=("sparsity", "mean"), mean=(col, "mean"), std=(col, "std")
+            )
+            ax.errorbar(
+                agg["sparsity"],
+                agg["mean"],
+                yerr=agg["std"].fillna(0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=method,
+                color=PALETTE.get(method),
+            )
+        ax.set(xlabel="sparsity (conv weights)", title=col.replace("map_class", "class mAP"))
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """'mean ± std' strings (std only when more than one seed) for display and export."""
+    out = pd.DataFrame(index=table.index)
+    for col in dict.fromkeys(c for c, _ in table.columns):
+        if col == "seeds":
+            out["seeds"] = table[("seeds", "n")]
+            continue
+        mean, std = table[(col, "mean")], table[(col, "std")]
+        if col in ("params", "macs"):
+            out[col] = mean.map(lambda v: f"{v / 1e6:.2f}M")
+            continue
+        out[col] = [
+            f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+            for m, s in zip(mean, std, strict=True)
+        ]
+    return out
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a formatted table as CSV, Markdown and LaTeX beside each other."""
+    path = Path(path)
+    shown = format_table(table)
+    write_text_atomic(path.with_suffix(".csv"), shown.to_csv())
+    write_text_atomic(path.with_suffix(".md"), shown.to_markdown())
+    write_text_atomic(path.with_suffix(".tex"), shown.to_latex())
+
+
+def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") -> pd.DataFrame:
+    """Naive vs matching on the same (image, class) pairs: mean difference and Wilcoxon p.
+
+    For every matching run, its naive twin is the run of the same stage, width / rate /
+    iteration and seed with no matching. Pairs scored by only one of the two are dropped.
+    """
+    runs_dir = Path(runs_dir)
+    keys = ["stage", "width_div", "rate", "iteration", "seed"]
+    naive_names = {"KD", "naive"}
+    rows = []
+    compressed = frame[frame["stage"] != "teacher"]
+    for _, run in compressed[~compressed["method"].isin(naive_names)].iterrows():
+        same = (compressed[keys].fillna(-1) == run[keys].fillna(-1)).all(axis=1)
+        twins = compressed[same & compressed["method"].isin(naive_names)]
+        if twins.empty:
+            continue
+        twin = twins.iloc[0]
+        a = pd.read_csv(runs_dir / twin["run"] / "eval_pairs.csv")
+        b = pd.read_csv(runs_dir / run["run"] / "eval_pairs.csv")
+        merged = a.merge(b, on=["image", "class", "method"], suffixes=("_naive", "_match"))
+        for method, group in merged.groupby("method"):
+            diff = group[f"{score}_match"] - group[f"{score}_naive"]
+            p = stats.wilcoxon(diff).pvalue if len(diff) > 1 and diff.abs().sum() > 0 else 1.0
+            rows.append(
+                {
+                    **{k: run[k] for k in keys},
+                    "compression": run["method"],
+                    "attribution": method,
+                    "pairs": len(diff),
+                    f"{score}_naive": group[f"{score}_naive"].mean(),
+                    f"{score}_match": group[f"{score}_match"].mean(),
+                    "difference": diff.mean(),
+                    "p_wilcoxon": p,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) -> str:
+    """Per compression stage and matching method: did matching beat naive on each score?
+
+    A difference is called real only when the paired test is significant in every seed and
+    the mean difference exceeds the spread (std) of the naive runs over seeds.
+    """
+    lines = []
+    score_cols = [c for c in frame.columns if any(c.endswith(f" {s}") for s in SCORES)]
+    naive_names = {"KD", "naive"}
+    for stage in ("distill", "prune_oneshot", "prune_iterative"):
+        rows = frame[frame["stage"] == stage]
+        if rows.empty:
+            continue
+        naive = rows[rows["method"].isin(naive_names)]
+        for method in sorted(set(rows["method"]) - naive_names):
+            matched = rows[rows["method"] == method]
+            parts = []
+            for col in score_cols:
+                delta = matched[col].mean() - naive[col].mean()
+                spread = np.nanmax([naive[col].std(), matched[col].std(), 0.0])
+                attribution, score = col.split(" ")
+                sig = (
+                    tests[
+                        (tests["stage"] == stage)
+                        & (tests["compression"] == method)
+                        & (tests["attribution"] == attribution)
+                    ]
+                    if score == "auc" and len(tests)
+                    else pd.DataFrame()
+                )
+                real = abs(delta) > spread and (
+                    score != "auc" or (len(sig) > 0 and (sig["p_wilcoxon"] < alpha).all())
+                )
+                verdict = ("better" if delta > 0 else "worse") if real else "no clear change"
+                parts.append(f"{col} {delta:+.3f} ({verdict})")
+            lines.append(f"- {stage}, {method} vs naive: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
+    """Runs shown in the qualitative figure: the teacher, then for each stage's strongest
+    compression (smallest student, highest rate, last iteration) every method, first seed."""
+    chosen = {}
+    seed = frame["seed"].min()
+    rows = frame[frame["seed"] == seed]
+    for stage, key, pick in (
+        ("teacher", None, None),
+        ("distill", "width_div", max),
+        ("prune_oneshot", "rate", max),
+        ("prune_iterative", "iteration", max),
+    ):
+        group = rows[rows["stage"] == stage]
+        if group.empty:
+            continue
+        if key is not None:
+            group = group[group[key] == pick(group[key])]
+        for _, run in group.iterrows():
+            suffix = "" if key is None else f" ({key.replace('_div', '')} {run[key]})"
+            chosen[f"{run['method']}{suffix}"] = run["run"]
+    return chosen
