@@ -98,12 +98,30 @@ PROFILES: dict[str, Profile] = {
         name="default",
         input_size=64,
         scale_min=0.5,
-        teacher_width_div=4,
+        teacher_width_div=8,
         student_width_divs=(2, 4),
-        teacher=Recipe(epochs=16, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
-        distill=Recipe(epochs=10, batch_size=64, lr=0.1, schedule="onecycle", weight_decay=5e-4),
-        prune_oneshot=Recipe(epochs=2, batch_size=64, lr=0.01, schedule="constant"),
-        prune_iterative=Recipe(epochs=1, batch_size=64, lr=0.01, schedule="constant"),
+        teacher=Recipe(
+            epochs=30,
+            batch_size=64,
+            lr=2e-3,
+            optimizer="adamw",
+            schedule="onecycle",
+            weight_decay=5e-4,
+        ),
+        distill=Recipe(
+            epochs=20,
+            batch_size=64,
+            lr=2e-3,
+            optimizer="adamw",
+            schedule="onecycle",
+            weight_decay=5e-4,
+        ),
+        prune_oneshot=Recipe(
+            epochs=2, batch_size=64, lr=2e-4, optimizer="adamw", schedule="constant"
+        ),
+        prune_iterative=Recipe(
+            epochs=1, batch_size=64, lr=2e-4, optimizer="adamw", schedule="constant"
+        ),
         prune_rates=(0.3, 0.5, 0.7),
         iterative_steps=8,
         synth=SynthSpec(n_train=3000, n_val=500, image_size=80),

@@ -74,11 +74,39 @@ def select_pairs(
     return rows[keep], classes[keep]
 
 
+class ReferenceMaps:
+    """The reference (teacher) network's normalised maps, each computed once.
+
+    Keyed by (method, image id, class): evaluating many compressed models against one
+    teacher on the same data reuses the teacher's maps instead of recomputing them per model.
+    `source` names where the network came from (checked by the callers that share it).
+    """
+
+    def __init__(self, model: nn.Module, source: str = "") -> None:
+        self.model = permanent_copy(model)
+        self.source = source
+        self._maps: dict[tuple[str, object, int], torch.Tensor] = {}
+
+    def get(
+        self, method: str, keys: Sequence[object], images: torch.Tensor, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """Maps (P, S, S) of `classes` on `images`; rows named by `keys` (image ids)."""
+        names = [(method, key, int(c)) for key, c in zip(keys, classes.tolist(), strict=True)]
+        missing = [i for i, name in enumerate(names) if name not in self._maps]
+        if missing:
+            rows = torch.tensor(missing, device=images.device)
+            model = self.model.to(images.device)
+            maps = normalize_maps(attribute(model, images[rows], classes[rows], method))
+            for i, one in zip(missing, maps, strict=True):
+                self._maps[names[i]] = one.cpu()
+        return torch.stack([self._maps[name] for name in names]).to(images.device)  # (P, S, S)
+
+
 def localization_table(
     model: nn.Module,
     dataset: Dataset,
     methods: Sequence[str] = DEFAULT_METHODS,
-    reference: nn.Module | None = None,
+    reference: nn.Module | ReferenceMaps | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -88,7 +116,8 @@ def localization_table(
 
     Args:
         dataset: items (image (3,S,S), labels (K,), mask (S,S)) — `VOCLocalization`.
-        reference: the teacher / unpruned network, or None (no agreement columns).
+        reference: the teacher / unpruned network (or its shared `ReferenceMaps`), or None
+            (no agreement columns).
         require_prediction: score only pairs the model predicts (logit > 0), as the paper;
             False scores every scorable ground-truth pair (see `select_pairs`).
     Returns:
@@ -97,6 +126,8 @@ def localization_table(
     for name in methods:
         METHODS.get(name)
     device = torch.device(device)
+    if isinstance(reference, nn.Module):
+        reference = ReferenceMaps(reference)
     ids = getattr(dataset, "ids", None)
     counts = {"pairs_gt": 0, "pairs_predicted": 0, "pairs_scored": 0}
     frames = []
@@ -117,17 +148,18 @@ def localization_table(
             continue
         target, valid = class_masks(masks[rows], classes)  # (P, S, S)
         pair_images = images[rows]  # (P, 3, S, S)
+        image_keys = [ids[i] if ids else i for i in (rows + offset).tolist()]
         for name in methods:
             maps = normalize_maps(attribute(model, pair_images, classes, name))  # (P, S, S)
             columns = {
-                "image": [ids[i] if ids else i for i in (rows + offset).tolist()],
+                "image": image_keys,
                 "class": classes.tolist(),
                 "method": name,
                 "auc": localization_auc(maps, target, valid).tolist(),
                 "pointing": pointing_game(maps, target).float().tolist(),
             }
             if reference is not None:
-                ref_maps = normalize_maps(attribute(reference, pair_images, classes, name))
+                ref_maps = reference.get(name, image_keys, pair_images, classes)  # (P, S, S)
                 columns["cosine_teacher"] = map_cosine(maps, ref_maps).tolist()
                 columns["auc_teacher"] = agreement_auc(maps, ref_maps, AGREEMENT_TOP).tolist()
             frames.append(pd.DataFrame(columns))
@@ -153,7 +185,7 @@ def evaluate_model(
     val_set: Dataset,
     loc_set: Dataset,
     methods: Sequence[str] = DEFAULT_METHODS,
-    reference: nn.Module | None = None,
+    reference: nn.Module | ReferenceMaps | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -161,8 +193,6 @@ def evaluate_model(
     """Prediction, cost and localization of one model: (summary dict, per-pair table)."""
     device = torch.device(device)
     model = permanent_copy(model).to(device)
-    if reference is not None:
-        reference = permanent_copy(reference).to(device)
     logits, labels = predict(model, val_set, device)
     table, counts = localization_table(
         model, loc_set, methods, reference, batch_size, device, progress

@@ -26,7 +26,7 @@ from attrlib.data import (
 )
 from attrlib.distill import CompressionObjective
 from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
-from attrlib.evaluate import evaluate_model
+from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.models import (
     VGGVOC,
@@ -123,11 +123,14 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
     return student, metrics
 
 
-def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict:
+def evaluate_checkpoint(
+    cfg: EvalConfig, reference: ReferenceMaps | None = None, progress: bool = True
+) -> dict:
     """Score a checkpoint; writes `eval.json` and `eval_pairs.csv` in `cfg.out_dir`.
 
     An existing `eval.json` made with the same config is returned as it is; one made with
-    another config is an error unless `cfg.overwrite`.
+    another config is an error unless `cfg.overwrite`. `reference` shares the teacher's maps
+    between the checkpoints of one evaluation (it must come from `cfg.teacher`).
     """
     out_dir = Path(cfg.out_dir)
     summary_path = out_dir / "eval.json"
@@ -144,7 +147,14 @@ def evaluate_checkpoint(cfg: EvalConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model, classes = load_reference(cfg.checkpoint, cfg.data_root, device)
-    reference = load_reference(cfg.teacher, cfg.data_root, device)[0] if cfg.teacher else None
+    if reference is not None and reference.source != cfg.teacher:
+        raise ValueError(
+            f"shared reference maps come from {reference.source!r}, not {cfg.teacher!r}"
+        )
+    if reference is None and cfg.teacher:
+        reference = ReferenceMaps(
+            load_reference(cfg.teacher, cfg.data_root, device)[0], cfg.teacher
+        )
     size = model.config.input_size
     val = VOCClassification(cfg.data_root, "val", classes, eval_transform(size))
     loc = VOCLocalization(cfg.data_root, "val", classes, size=size)

@@ -31,8 +31,16 @@ def _run(root, rel, config, auc_shift, seed):
     )
     pairs.to_csv(folder / "eval_pairs.csv", index=False)
     loc = {m: {"auc": g["auc"].mean(), "pointing": 1.0} for m, g in pairs.groupby("method")}
-    summary = {"map_class": 0.8 + auc_shift, "map_sample": 0.8, "f1": 0.7, "params": 1000,
-               "nonzero_params": 1000, "macs": 5000, "sparsity": 0.0, "localization": loc}
+    summary = {
+        "map_class": 0.8 + auc_shift,
+        "map_sample": 0.8,
+        "f1": 0.7,
+        "params": 1000,
+        "nonzero_params": 1000,
+        "macs": 5000,
+        "sparsity": 0.0,
+        "localization": loc,
+    }
     (folder / "eval.json").write_text(json.dumps(summary))
 
 
