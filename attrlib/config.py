@@ -294,34 +294,35 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class PruneOneShotConfig:
-    """One-shot structured L1 filter pruning + fine-tuning (SPEC: One-shot structured)."""
+class _PruneConfig:
+    """Fields and checks shared by the two pruning stages (CE + lambda x matching)."""
 
     profile: str = "default"
     data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
     model: str = "runs/default/teacher/best.pt"  # checkpoint to prune
     teacher: str = ""  # reference for matching; "" = the unpruned `model`
-    out_dir: str = "runs/default/prune_oneshot/p0.3-swa"
+    out_dir: str = ""
     seed: int = 0
     device: str = "auto"
-    rate: float = 0.3  # fraction of filters removed in the first conv and the last six
     matching: str = "none"
     drop_fraction: float = 0.0
     matching_lambda: float | None = None
-    epochs: int | None = None
+    epochs: int | None = None  # fine-tuning epochs (per iteration when iterative)
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
     recipe: Recipe = field(init=False)
 
+    def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
+        """(defaults of None fields, base recipe) that this stage takes from the profile."""
+        raise NotImplementedError
+
     def __post_init__(self) -> None:
-        prof = get_profile(self.profile)
-        _fill_from(self, {"matching_lambda": prof.matching_lambda})
+        defaults, base = self._profile_values(get_profile(self.profile))
+        _fill_from(self, defaults)
         if not self.teacher:
             object.__setattr__(self, "teacher", self.model)
-        object.__setattr__(self, "recipe", recipe_overrides(self, prof.prune_oneshot))
-        if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"rate must be in [0, 1), got {self.rate}")
+        object.__setattr__(self, "recipe", recipe_overrides(self, base))
         _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
 
     def to_dict(self) -> dict:
@@ -329,45 +330,40 @@ class PruneOneShotConfig:
 
 
 @dataclass(frozen=True)
-class PruneIterativeConfig:
-    """Iterative global magnitude pruning, fine-tuning after each step (SPEC: Iterative)."""
+class PruneOneShotConfig(_PruneConfig):
+    """One-shot structured L1 filter pruning + fine-tuning (SPEC: One-shot structured)."""
 
-    profile: str = "default"
-    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
-    model: str = "runs/default/teacher/best.pt"  # checkpoint to prune
-    teacher: str = ""  # reference for matching; "" = the unpruned `model`
-    out_dir: str = "runs/default/prune_iterative/swa"
-    seed: int = 0
-    device: str = "auto"
-    fraction: float | None = None  # of the remaining conv weights pruned per iteration
-    iterations: int | None = None
-    matching: str = "none"
-    drop_fraction: float = 0.0
-    matching_lambda: float | None = None
-    epochs: int | None = None  # fine-tuning epochs per iteration
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    recipe: Recipe = field(init=False)
+    out_dir: str = "runs/default/prune_oneshot/p0.3-swa"
+    rate: float = 0.3  # fraction of filters removed in the first conv and the last six
+
+    def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
+        return {"matching_lambda": prof.matching_lambda}, prof.prune_oneshot
 
     def __post_init__(self) -> None:
-        prof = get_profile(self.profile)
-        _fill_from(
-            self,
-            {
-                "matching_lambda": prof.matching_lambda,
-                "fraction": prof.iterative_fraction,
-                "iterations": prof.iterative_steps,
-            },
-        )
-        if not self.teacher:
-            object.__setattr__(self, "teacher", self.model)
-        object.__setattr__(self, "recipe", recipe_overrides(self, prof.prune_iterative))
+        super().__post_init__()
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"rate must be in [0, 1), got {self.rate}")
+
+
+@dataclass(frozen=True)
+class PruneIterativeConfig(_PruneConfig):
+    """Iterative global magnitude pruning, fine-tuning after each step (SPEC: Iterative)."""
+
+    out_dir: str = "runs/default/prune_iterative/swa"
+    fraction: float | None = None  # of the remaining conv weights pruned per iteration
+    iterations: int | None = None
+
+    def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
+        defaults = {
+            "matching_lambda": prof.matching_lambda,
+            "fraction": prof.iterative_fraction,
+            "iterations": prof.iterative_steps,
+        }
+        return defaults, prof.prune_iterative
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
-
-    def to_dict(self) -> dict:
-        return asdict(self)

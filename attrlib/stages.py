@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.models import (
     VGGVOC,
-    ModelConfig,
     build_model,
     load_torchvision_features_,
     vgg16_bn_voc,
@@ -56,48 +56,55 @@ def load_reference(path: str, data_root: str, device) -> tuple[VGGVOC, tuple[str
     return model, classes
 
 
-def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
-    """Train (or resume, or reload when finished) the teacher; returns (model at best, metrics)."""
-    prof = get_profile(cfg.profile)
-    train, val, classes = build_datasets(cfg.data_root, cfg.profile)
-    model = vgg16_bn_voc(cfg.width_div, num_classes=len(classes), input_size=prof.input_size)
-    if cfg.weights:
-        load_torchvision_features_(model, cfg.weights)
-    metrics = fit(
+def _fit_stage(
+    model: VGGVOC,
+    objective,
+    data: tuple,
+    cfg,
+    out_dir: Path | None = None,
+    seed: int | None = None,
+    stage_config: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """`engine.fit` with what every stage config provides (recipe, device, seed, out_dir)."""
+    train, val, classes = data
+    return fit(
         model,
-        multilabel_objective,
+        objective,
         train,
         val,
         cfg.recipe,
-        out_dir=Path(cfg.out_dir),
+        out_dir=Path(out_dir or cfg.out_dir),
         classes=classes,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         device=resolve_device(cfg.device),
-        stage_config=cfg.to_dict(),
-        num_workers=prof.num_workers,
+        stage_config=stage_config or cfg.to_dict(),
+        num_workers=get_profile(cfg.profile).num_workers,
+        progress=progress,
     )
-    return model, metrics
+
+
+def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
+    """Train (or resume, or reload when finished) the teacher; returns (model at best, metrics)."""
+    data = build_datasets(cfg.data_root, cfg.profile)
+    input_size = get_profile(cfg.profile).input_size
+    model = vgg16_bn_voc(cfg.width_div, num_classes=len(data[2]), input_size=input_size)
+    if cfg.weights:
+        load_torchvision_features_(model, cfg.weights)
+    return model, _fit_stage(model, multilabel_objective, data, cfg)
 
 
 def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
     """Distil a student (KD, optionally + EWA / SWA / stochastic SWA matching)."""
-    device = resolve_device(cfg.device)
-    teacher, classes = load_reference(cfg.teacher, cfg.data_root, device)
-    train, val, _ = build_datasets(cfg.data_root, cfg.profile, classes)
+    teacher, classes = load_reference(cfg.teacher, cfg.data_root, resolve_device(cfg.device))
     t_cfg = teacher.config
     if t_cfg.input_size != get_profile(cfg.profile).input_size:
         raise ValueError(
             f"teacher {cfg.teacher} takes {t_cfg.input_size} px inputs, profile "
             f"{cfg.profile!r} uses {get_profile(cfg.profile).input_size} px"
         )
-    student = build_model(
-        ModelConfig(
-            widths=tuple(max(1, w // cfg.width_div) for w in t_cfg.widths),
-            num_classes=t_cfg.num_classes,
-            input_size=t_cfg.input_size,
-            dropout=t_cfg.dropout,
-        )
-    )
+    widths = tuple(max(1, w // cfg.width_div) for w in t_cfg.widths)
+    student = build_model(dataclasses.replace(t_cfg, widths=widths))
     objective = CompressionObjective(
         teacher,
         cfg.matching,
@@ -107,20 +114,71 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
         temperature=cfg.temperature,
         alpha=cfg.alpha,
     )
-    metrics = fit(
-        student,
-        objective,
-        train,
-        val,
-        cfg.recipe,
-        out_dir=Path(cfg.out_dir),
-        classes=classes,
-        seed=cfg.seed,
-        device=device,
-        stage_config=cfg.to_dict(),
-        num_workers=get_profile(cfg.profile).num_workers,
+    data = build_datasets(cfg.data_root, cfg.profile, classes)
+    return student, _fit_stage(student, objective, data, cfg)
+
+
+def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
+    """(network to prune, CE + matching objective against the reference, datasets)."""
+    device = resolve_device(cfg.device)
+    model, classes = load_reference(cfg.model, cfg.data_root, device)
+    # a copy of its own: iterative pruning masks `model` in place, the reference stays intact
+    reference = load_reference(cfg.teacher, cfg.data_root, device)[0]
+    objective = CompressionObjective(
+        reference, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=False
     )
-    return student, metrics
+    return model, objective, build_datasets(cfg.data_root, cfg.profile, classes)
+
+
+def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
+    """Structured L1 pruning at `cfg.rate`, then fine-tuning with CE (+ matching)."""
+    model, objective, data = _pruning_inputs(cfg)
+    pruned = structured_l1(model, cfg.rate)  # a new, smaller network
+    return pruned, _fit_stage(pruned, objective, data, cfg)
+
+
+def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[VGGVOC, list[dict]]:
+    """Global magnitude pruning of `cfg.fraction` of the remaining conv weights per iteration,
+    each followed by fine-tuning; iteration k lives in `out_dir/iter_{k:02d}/`.
+
+    Finished iterations are reloaded (masks included), an interrupted one resumes from its
+    `last.pt`, so the schedule restarts where it stopped. After the last iteration the
+    masks are made permanent in `final.pt`. Returns (final model, one record per iteration),
+    also written to `out_dir/schedule.json`.
+    """
+    model, objective, data = _pruning_inputs(cfg)
+    out_dir = Path(cfg.out_dir)
+    records = []
+    for k in range(1, cfg.iterations + 1):
+        # Same masks as the interrupted or finished run: pruning is deterministic given the
+        # previous iteration's best weights, and fit() reloads the stored masks anyway.
+        global_magnitude_(model, cfg.fraction)
+        metrics = _fit_stage(
+            model,
+            objective,
+            data,
+            cfg,
+            out_dir=out_dir / f"iter_{k:02d}",
+            seed=cfg.seed + k,
+            stage_config={**cfg.to_dict(), "iteration": k},
+            progress=progress,
+        )
+        records.append(
+            {
+                "iteration": k,
+                "remaining_target": remaining_fraction(k, cfg.fraction),
+                "sparsity": sparsity(model),
+                "best": metrics["best"],
+            }
+        )
+        write_json_atomic(
+            out_dir / "schedule.json", {"config": cfg.to_dict(), "iterations": records}
+        )
+    final = permanent_copy(model)
+    save_torch_atomic(
+        out_dir / "final.pt", make_checkpoint(final, data[2], stage_config=cfg.to_dict())
+    )
+    return final, records
 
 
 def evaluate_checkpoint(
@@ -165,86 +223,3 @@ def evaluate_checkpoint(
     write_text_atomic(out_dir / "eval_pairs.csv", table.to_csv(index=False))
     write_json_atomic(summary_path, summary)
     return summary
-
-
-def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
-    """Structured L1 pruning at `cfg.rate`, then fine-tuning with CE (+ matching)."""
-    device = resolve_device(cfg.device)
-    model, classes = load_reference(cfg.model, cfg.data_root, device)
-    reference = (
-        model if cfg.teacher == cfg.model else load_reference(cfg.teacher, cfg.data_root, device)[0]
-    )
-    pruned = structured_l1(model, cfg.rate)  # a new, smaller network; `model` stays intact
-    train, val, _ = build_datasets(cfg.data_root, cfg.profile, classes)
-    objective = CompressionObjective(
-        reference, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=False
-    )
-    metrics = fit(
-        pruned,
-        objective,
-        train,
-        val,
-        cfg.recipe,
-        out_dir=Path(cfg.out_dir),
-        classes=classes,
-        seed=cfg.seed,
-        device=device,
-        stage_config=cfg.to_dict(),
-        num_workers=get_profile(cfg.profile).num_workers,
-    )
-    return pruned, metrics
-
-
-def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[VGGVOC, list[dict]]:
-    """Global magnitude pruning of `cfg.fraction` of the remaining conv weights per iteration,
-    each followed by fine-tuning; iteration k lives in `out_dir/iter_{k:02d}/`.
-
-    Finished iterations are reloaded (masks included), an interrupted one resumes from its
-    `last.pt`, so the schedule restarts where it stopped. After the last iteration the
-    masks are made permanent in `final.pt`. Returns (final model, one record per iteration),
-    also written to `out_dir/schedule.json`.
-    """
-    device = resolve_device(cfg.device)
-    model, classes = load_reference(cfg.model, cfg.data_root, device)
-    reference = load_reference(cfg.teacher, cfg.data_root, device)[0]
-    train, val, _ = build_datasets(cfg.data_root, cfg.profile, classes)
-    objective = CompressionObjective(
-        reference, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=False
-    )
-    out_dir = Path(cfg.out_dir)
-    records = []
-    for k in range(1, cfg.iterations + 1):
-        iter_dir = out_dir / f"iter_{k:02d}"
-        # Same masks as the interrupted or finished run: pruning is deterministic given the
-        # previous iteration's best weights, and fit() reloads the stored masks anyway.
-        global_magnitude_(model, cfg.fraction)
-        metrics = fit(
-            model,
-            objective,
-            train,
-            val,
-            cfg.recipe,
-            out_dir=iter_dir,
-            classes=classes,
-            seed=cfg.seed + k,
-            device=device,
-            stage_config={**cfg.to_dict(), "iteration": k},
-            num_workers=get_profile(cfg.profile).num_workers,
-            progress=progress,
-        )
-        records.append(
-            {
-                "iteration": k,
-                "remaining_target": remaining_fraction(k, cfg.fraction),
-                "sparsity": sparsity(model),
-                "best": metrics["best"],
-            }
-        )
-        write_json_atomic(
-            out_dir / "schedule.json", {"config": cfg.to_dict(), "iterations": records}
-        )
-    final = permanent_copy(model)
-    save_torch_atomic(
-        out_dir / "final.pt", make_checkpoint(final, classes, stage_config=cfg.to_dict())
-    )
-    return final, records
