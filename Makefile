@@ -118,8 +118,10 @@ paper: $(PAPER_NB)
 $(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NB)
 	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p runs_dir $(RUNS) -p out_dir $(dir $@))
 
+# Speed against the authors' constructions, same process; ratios in runs/bench/*.json
 bench: $(STAMP)
 	$(PY) benchmarks/distill_step.py --profile $(PROFILE)
+	$(PY) benchmarks/evaluate.py --data-root $(DATA_ROOT) --checkpoint $(TEACHER_CKPT)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

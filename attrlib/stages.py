@@ -88,6 +88,7 @@ def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
     """Train (or resume, or reload when finished) the teacher; returns (model at best, metrics)."""
     data = build_datasets(cfg.data_root, cfg.profile)
     input_size = get_profile(cfg.profile).input_size
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = vgg16_bn_voc(cfg.width_div, num_classes=len(data[2]), input_size=input_size)
     if cfg.weights:
         load_torchvision_features_(model, cfg.weights)
@@ -104,6 +105,7 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
             f"{cfg.profile!r} uses {get_profile(cfg.profile).input_size} px"
         )
     widths = tuple(max(1, w // cfg.width_div) for w in t_cfg.widths)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     student = build_model(dataclasses.replace(t_cfg, widths=widths))
     objective = CompressionObjective(
         teacher,

@@ -1,0 +1,98 @@
+"""Stages wired from their configs: seeded, resumable, and strict about their inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import attrlib.stages as stages
+from attrlib.config import DistillConfig, PruneIterativeConfig, TeacherConfig
+from attrlib.engine import load_checkpoint, make_checkpoint
+from attrlib.io import save_torch_atomic
+
+
+def _history(out_dir):
+    history = json.loads((out_dir / "metrics.json").read_text())["history"]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.fixture(scope="module")
+def teacher(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    stages.train_teacher(
+        TeacherConfig(profile="smoke", data_root=str(synth_root), out_dir=str(out), device="cpu")
+    )
+    return out
+
+
+def test_teacher_same_seed_same_numbers(synth_root, teacher, tmp_path):
+    stages.train_teacher(
+        TeacherConfig(
+            profile="smoke", data_root=str(synth_root), out_dir=str(tmp_path), device="cpu"
+        )
+    )
+    assert _history(tmp_path) == _history(teacher)
+    a, b = (load_checkpoint(d / "best.pt")["model_state"] for d in (teacher, tmp_path))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_student_rejects_a_teacher_with_another_class_list(synth_root, teacher, tmp_path):
+    ckpt = load_checkpoint(teacher / "best.pt")
+    model, _ = stages.load_model(teacher / "best.pt")
+    other = list(ckpt["classes"])
+    other[0] = "zebra"
+    save_torch_atomic(tmp_path / "other.pt", make_checkpoint(model, tuple(other)))
+    cfg = DistillConfig(
+        profile="smoke",
+        data_root=str(synth_root),
+        teacher=str(tmp_path / "other.pt"),
+        out_dir=str(tmp_path / "s"),
+        device="cpu",
+    )
+    with pytest.raises(ValueError, match=r"other\.pt does not fit: classes \['zebra'"):
+        stages.train_student(cfg)
+
+
+def test_iterative_schedule_resumes_at_the_right_iteration(
+    synth_root, teacher, tmp_path, monkeypatch
+):
+    def config(out):
+        return PruneIterativeConfig(
+            profile="smoke",
+            data_root=str(synth_root),
+            model=str(teacher / "best.pt"),
+            out_dir=str(out),
+            device="cpu",
+            matching="swa",
+            iterations=3,
+        )
+
+    _, full = stages.prune_iterative(config(tmp_path / "full"), progress=False)
+
+    real_fit, calls = stages.fit, []
+
+    def interrupted_fit(*args, **kwargs):
+        calls.append(kwargs["out_dir"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stopped while starting the second iteration
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        stages.prune_iterative(config(tmp_path / "cut"), progress=False)
+    monkeypatch.setattr(stages, "fit", real_fit)
+    assert not (tmp_path / "cut" / "iter_02").exists()
+    _, resumed = stages.prune_iterative(config(tmp_path / "cut"), progress=False)
+    assert resumed == full
+    for k in (1, 2, 3):
+        assert _history(tmp_path / "cut" / f"iter_{k:02d}") == _history(
+            tmp_path / "full" / f"iter_{k:02d}"
+        )
+    a = load_checkpoint(tmp_path / "full" / "final.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "cut" / "final.pt")["model_state"]
+    assert "features.0.weight_mask" not in a  # final.pt holds plain weights with zeros
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
