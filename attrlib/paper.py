@@ -122,7 +122,8 @@ def distillation_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> p
     cols = _metric_columns(frame, scores)
     teacher = frame[frame["stage"] == "teacher"].assign(width_div=1)
     students = frame[frame["stage"] == "distill"]
-    table = mean_std(pd.concat([teacher, students]), ["width_div", "method"], cols)
+    rows = pd.concat([teacher, students]).astype({"width_div": int})
+    table = mean_std(rows, ["width_div", "method"], cols)
     rank = {m: i for i, m in enumerate(["teacher", *order])}
     return table.sort_index(key=lambda idx: idx.map(rank) if idx.name == "method" else idx)
 
@@ -189,10 +190,10 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 def save_table(table: pd.DataFrame, path: str | Path) -> None:
     """Write a formatted table as CSV, Markdown and LaTeX beside each other."""
     path = Path(path)
-    shown = format_table(table)
-    write_text_atomic(path.with_suffix(".csv"), shown.to_csv())
-    write_text_atomic(path.with_suffix(".md"), shown.to_markdown())
-    write_text_atomic(path.with_suffix(".tex"), shown.to_latex())
+    shown = format_table(table).reset_index()  # one column per index level
+    write_text_atomic(path.with_suffix(".csv"), shown.to_csv(index=False))
+    write_text_atomic(path.with_suffix(".md"), shown.to_markdown(index=False) + "\n")
+    write_text_atomic(path.with_suffix(".tex"), shown.to_latex(index=False))
 
 
 def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") -> pd.DataFrame:

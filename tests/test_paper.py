@@ -78,6 +78,8 @@ def test_tables_hold_every_run_with_spread(runs):
     save_table(table, runs / "paper" / "t")
     for suffix in (".csv", ".md", ".tex"):
         assert (runs / "paper" / f"t{suffix}").is_file()
+    markdown = (runs / "paper" / "t.md").read_text()
+    assert "| KD+SWA " in markdown and "width_div" in markdown
 
 
 def test_paired_tests_and_summary_call_real_differences(runs):
