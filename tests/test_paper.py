@@ -91,3 +91,7 @@ def test_paired_tests_and_summary_call_real_differences(runs):
     assert "distill, KD+SWA vs naive" in text
     assert "gradcam auc +0.100 (better)" in text
     assert "gradcam pointing +0.000 (no clear change)" in text
+    one_seed = frame[frame["seed"] == 0]
+    text = summary_text(one_seed, tests[tests["seed"] == 0])
+    assert "gradcam pointing +0.000 (one seed, untested)" in text
+    assert "gradcam auc +0.100 (better)" in text
