@@ -182,7 +182,7 @@ class TeacherConfig:
     """Train the teacher (SPEC: Training recipes, Teacher)."""
 
     profile: str = "default"
-    data_root: str = "data/synthvoc/VOCdevkit/VOC2012"  # a VOC2012-layout folder
+    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"  # a VOC2012-layout folder
     out_dir: str = "runs/default/teacher"
     seed: int = 0
     device: str = "auto"
