@@ -11,11 +11,12 @@ Paper: Park et al. (2020) report parameters, FLOPs and sparsity of each compress
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from attrlib.models import eval_mode
 
 # ops whose FLOPs count: convolutions and the matrix products behind nn.Linear
 MAC_OPS = frozenset(
@@ -26,18 +27,6 @@ MAC_OPS = frozenset(
         torch.ops.aten.addmm,
     }
 )
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own training flag."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags.items():
-            m.training = training  # per module: model.train() would overwrite them all
 
 
 def count_params(model: nn.Module) -> int:

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from attrlib.config import Recipe
-from attrlib.io import read_json, save_torch_atomic, write_json_atomic
+from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
 from attrlib.metrics import mean_average_precision
-from attrlib.models import VGGVOC, ModelConfig, build_model
+from attrlib.models import VGGVOC, ModelConfig, build_model, eval_mode
 
 CHECKPOINT_VERSION = 1
 
@@ -94,10 +94,8 @@ def predict(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and labels (N, K) of a whole (image, labels, ...) dataset, in order."""
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             images = batch[0].to(device, non_blocking=True)
             if device.type == "cuda":
@@ -105,8 +103,6 @@ def predict(
             with _autocast(device):
                 logits.append(model(images).float().cpu())
             labels.append(batch[1])
-    finally:
-        model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -235,7 +231,7 @@ def fit(
         out_dir / n for n in ("last.pt", "best.pt", "metrics.json")
     )
     stage_config = {**stage_config, "recipe": asdict(recipe)}
-    stage_config = _jsonable_config(stage_config)
+    stage_config = as_stored(stage_config)
 
     start_epoch, history, best = 0, [], {"val_map_class": -1.0, "epoch": -1}
     model.to(device)
@@ -346,13 +342,6 @@ def fit(
     # Downstream stages use the best epoch, so the caller's model ends as best.pt too.
     load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
     return result
-
-
-def _jsonable_config(cfg: dict) -> dict:
-    """Round-trip through JSON so stored and fresh configs compare equal (tuples -> lists)."""
-    import json
-
-    return json.loads(json.dumps(cfg, default=str))
 
 
 def _diff(a: dict, b: dict) -> str:

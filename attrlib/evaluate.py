@@ -34,6 +34,7 @@ from attrlib.metrics import (
     normalize_maps,
     pointing_game,
 )
+from attrlib.models import eval_mode
 from attrlib.prune import permanent_copy
 
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "ebp", "lrp", "rap")
@@ -135,10 +136,8 @@ def localization_table(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for images, labels, masks in tqdm(loader, desc="localization", disable=not progress):
         images, labels, masks = images.to(device), labels.to(device), masks.to(device)
-        with torch.no_grad():
-            was_training = model.training
-            logits = model.eval()(images)  # (B, K)
-            model.train(was_training)
+        with torch.no_grad(), eval_mode(model):
+            logits = model(images)  # (B, K)
         counts["pairs_gt"] += int((labels > 0).sum())
         counts["pairs_predicted"] += int(((labels > 0) & (logits > 0)).sum())
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)

@@ -48,6 +48,12 @@ def save_torch_atomic(path: str | Path, obj: Any) -> Path:
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+def as_stored(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists), so stored and fresh configs
+    compare equal."""
+    return json.loads(json.dumps(obj, default=_jsonable))
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from attrlib.data import (
 from attrlib.distill import CompressionObjective
 from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
 from attrlib.evaluate import ReferenceMaps, evaluate_model
-from attrlib.io import read_json, save_torch_atomic, write_json_atomic, write_text_atomic
+from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.models import (
     VGGVOC,
     build_model,
@@ -194,7 +193,7 @@ def evaluate_checkpoint(
     """
     out_dir = Path(cfg.out_dir)
     summary_path = out_dir / "eval.json"
-    config = json.loads(json.dumps(cfg.to_dict()))
+    config = as_stored(cfg.to_dict())
     if summary_path.exists():
         stored = read_json(summary_path)
         if stored.get("config") == config:

@@ -8,28 +8,17 @@ normalisation (see `attrlib.metrics.normalize_maps`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrlib.models import eval_mode
 from attrlib.registry import Registry
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS: Registry[AttributionFn] = Registry("attribution method")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluate `model` in eval mode and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

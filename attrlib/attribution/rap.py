@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrlib.attribution import METHODS, eval_mode
+from attrlib.attribution import METHODS
+from attrlib.models import eval_mode
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input, weight) -> output
 
