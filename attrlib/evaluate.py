@@ -7,8 +7,9 @@ game. Beyond the paper, each map is also compared with the reference (teacher) n
 for the same image, class and method: cosine similarity and AUC against the teacher's
 top-15 % region ("is the attribution preserved?").
 
-All pairs of a batch are evaluated at once: one `attribute` call per method and batch, and
-metrics computed for the whole batch on the device.
+All pairs of a batch are evaluated at once: one trunk forward per batch (its attribution
+feature gives the logits and feeds the methods that start at that layer), one `attribute` call
+per method and batch, and metrics computed for the whole batch on the device.
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ def localization_table(
     for images, labels, masks in tqdm(loader, desc="localization", disable=not progress):
         images, labels, masks = images.to(device), labels.to(device), masks.to(device)
         with torch.no_grad(), eval_mode(model):
-            logits = model(images)  # (B, K)
+            # the trunk runs once per batch: its feature gives the logits (model(x) is
+            # head(forward_features(x))) and is the start of the layer methods' maps
+            feature = model.forward_features(images)  # (B, C, h, w)
+            logits = model.head(feature)  # (B, K)
         counts["pairs_gt"] += int((labels > 0).sum())
         counts["pairs_predicted"] += int(((labels > 0) & (logits > 0)).sum())
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)
@@ -146,10 +150,11 @@ def localization_table(
             offset += images.shape[0]
             continue
         target, valid = class_masks(masks[rows], classes)  # (P, S, S)
-        pair_images = images[rows]  # (P, 3, S, S)
+        pair_images, pair_feature = images[rows], feature[rows]  # (P, 3, S, S), (P, C, h, w)
         image_keys = [ids[i] if ids else i for i in (rows + offset).tolist()]
         for name in methods:
-            maps = normalize_maps(attribute(model, pair_images, classes, name))  # (P, S, S)
+            maps = attribute(model, pair_images, classes, name, feature=pair_feature)
+            maps = normalize_maps(maps)  # (P, S, S)
             columns = {
                 "image": image_keys,
                 "class": classes.tolist(),

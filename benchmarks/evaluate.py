@@ -1,13 +1,24 @@
 """Time localization evaluation: the authors' per-pair loop against `localization_table`.
 
 The authors' `pascal/evaluate_localization.py` (GeondoPark/attribute-preserve) runs one
-script per attribution method over a batch-size-1 loader: per image a forward for the
-logits, then per ground-truth class one map, the map to NumPy, min-max normalised in NumPy,
-scored with scikit-learn `roc_curve` + `auc` and an arg-max pointing game.
-`authors_localization` re-creates that loop with our per-method functions: `attribute` on
-one (image, class) at a time, i.e. a forward and a backward (or relevance) pass per pair.
-`attrlib.evaluate.localization_table` is the batched path (one `attribute` call per method
-and batch, metrics for the whole batch). Both score the same (image, class) pairs.
+script per attribution method over a batch-size-1 loader, with nothing under `no_grad`: per
+image one forward of the whole network, then for EVERY ground-truth class (predicted or not)
+one map, the map to NumPy, min-max normalised in NumPy, scored with scikit-learn `roc_curve`
++ `auc` and an arg-max pointing game; only then are classes with logit <= 0 dropped.
+`authors_localization` re-creates that loop (`authors_maps`, `authors_scored`), per method:
+- Grad-CAM (`authors_gradcam`), as theirs: hooks keep the attribution layer's output and
+  gradient; per class `model.zero_grad()` and `logits.backward(one_hot, retain_graph=True)`
+  on the image's one forward, a backward through the whole network that also fills every
+  parameter's gradient;
+- EBP (`authors_ebp`), as their `ExcitationBackpropExplainer`: excitation rules on every
+  conv and linear for the whole run (zennit's composite instead of their autograd functions),
+  and per class the explainer's own forward of the whole network plus
+  `autograd.grad(logits, attribution output, one_hot)`, which stops at the attribution layer;
+- LRP, RAP (`authors_per_pair`): the image's forward, then our `attribute` per class (see
+  below for how that compares with their `relprop` / `RAP_relprop`).
+`attrlib.evaluate.localization_table` is the batched path: per batch one trunk forward (its
+attribution feature gives the logits and feeds Grad-CAM and EBP), one `attribute` call per
+method on the selected pairs, metrics for the whole batch. Both score the same pairs.
 
     python benchmarks/evaluate.py [--data-root ...] [--checkpoint ...] [--images 64]
         [--threads 1] [--repeats 3] [--out runs/bench/evaluate.json]
@@ -34,21 +45,34 @@ batched path is five times faster.
   metrics only. A difference of medians, so noisy when the batched remainder is small;
 - `ratio_cpu`: the per-method and total ratios of CPU seconds of this process, steadier than
   wall time when another process shares the cores.
-Per pair, this loop costs about what the authors' does: its Grad-CAM and EBP back-propagate
-through the head only (theirs: a full backward per class, with parameter gradients for
-Grad-CAM), while its LRP and RAP run their own forward per pair (theirs propagate from the
-image's logits forward); it builds maps only for the scored pairs (theirs for every
-ground-truth class) and points with a NumPy arg-max (theirs searches a Python list of mask
-pixels). CPU times depend on the load: with another process on the cores, pass
-`--threads 1` (two threads competing with a busy process can be 50x slower).
+What differs in cost from theirs, each difference in their favour unless said otherwise:
+- LRP and RAP use our propagation, which per hidden conv runs 1 conv and 1 transposed conv
+  (LRP: the z+ term; RAP: both contribution groups on stacked weights); their `relprop` runs
+  4 convs and 4 gradients (alpha and beta terms of both input signs, the beta term computed
+  and multiplied by 0) and their `RAP_relprop` 4 convs and 8 gradients (both input signs
+  always). Against them: `attribute` runs its own forward per pair, theirs propagate from
+  the activations recorded in the image's forward. Per pair this is cheaper than theirs, and
+  every speed-up of our LRP/RAP speeds up both sides alike: their ratios measure batching.
+- EBP: zennit's hooks add an identity function and a copy of each layer's input to every
+  forward; theirs run a Python autograd function per layer around the legacy im2col
+  convolution instead of the oneDNN one.
+- Pointing: a NumPy arg-max on the map; theirs builds a Python list of the mask's pixel
+  coordinates per class and searches it (and, a bug, keeps the pixels of the image's earlier
+  classes in that list, so a peak on another ground-truth object counts as a hit).
+- No `cv2.resize` of layer maps (upsampled inside `attribute`); pairs with an empty or full
+  mask are mapped but not scored (theirs: a NaN AUC from scikit-learn, with a warning).
+CPU times depend on the load: with another process on the cores, pass `--threads 1` (two
+threads competing with a busy process can be 50x slower).
 
 Deviations from the authors' loop, all needed for equal scores: min-max normalisation without
 their +1e-5 in the denominator (AUC unchanged: a monotone rescaling), the arg-max taken on the
 normalised map, no RAP negative clipping and no LRP/RAP sign flip for negative logits (the
 batched path scores the raw map, SPEC: Evaluation), bilinear upsampling inside `attribute`
-instead of `cv2.resize`. Without `--checkpoint`, a seeded untrained x4 student at 64 px is
-used and pairs are selected by ground truth alone (`--all-gt-pairs`, on by default then), so
-that the pair count does not hinge on which random logits happen to be positive.
+instead of `cv2.resize`, Grad-CAM channel weights from the spatial mean of the gradient
+instead of its sum (a factor h * w per map). Without `--checkpoint`, a seeded untrained x4
+student at 64 px is used and pairs are selected by ground truth alone (`--all-gt-pairs`, on by
+default then), so that the pair count does not hinge on which random logits happen to be
+positive.
 """
 
 from __future__ import annotations
@@ -58,21 +82,24 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import auc, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from attrlib.attribution import attribute
+from attrlib.attribution import attribute, upsample
+from attrlib.attribution.ebp import ebp_composite
 from attrlib.data import VOID, VOCLocalization, load_classes
 from attrlib.engine import load_model
 from attrlib.evaluate import DEFAULT_METHODS, localization_table, select_pairs
 from attrlib.io import write_json_atomic
-from attrlib.models import vgg16_bn_voc
+from attrlib.models import eval_mode, vgg16_bn_voc
 
 TOLERANCE = 1e-6  # largest accepted difference of a pair's AUC or pointing between the paths
 MAP_TOLERANCE = 1e-9  # float64 maps of one pair alone and in a batch: equal up to rounding
@@ -82,41 +109,200 @@ KEYS = ["image", "class", "method"]
 # ----------------------------------------------------------------------------- the authors' loop
 
 
-def authors_pairs(
-    model: nn.Module, dataset: Dataset, require_prediction: bool = True
-) -> Iterator[tuple[int, torch.Tensor, int, np.ndarray, np.ndarray]]:
-    """The authors' outer loops: batch size 1, a forward per image, its ground-truth classes.
+Explain = Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, list[np.ndarray]]]
+# (image (1,3,S,S), its ground-truth classes) -> (logits (K,), one map (S,S) per class)
 
-    Yields (index, image (1,3,S,S), class, seg_mask (S,S) bool, valid (S,S) bool) for every
-    pair `attrlib.evaluate.select_pairs` keeps: ground truth, logit > 0 unless
-    `require_prediction` is False, mask neither empty nor covering every non-void pixel.
+
+@contextmanager
+def parameters_require_grad(model: nn.Module) -> Iterator[None]:
+    """Parameters require gradients inside (as in the authors' scripts), then flags and grads reset.
+
+    Their forwards build a graph through every layer (nothing runs under `no_grad`), and their
+    Grad-CAM backward fills every parameter's `.grad`; both need `requires_grad` on.
     """
-    model.eval()
-    for index, (image, labels, mask) in enumerate(DataLoader(dataset, batch_size=1)):
-        with torch.no_grad():
-            logits = model(image)  # (1, K)
-        segmentation = mask[0].numpy()  # (S, S) 0 background, k+1 class k, 255 void
-        valid = segmentation != VOID  # (S, S)
-        for target in labels[0].nonzero().flatten().tolist():
-            if require_prediction and not logits[0, target] > 0:
-                continue
-            seg_mask = segmentation == target + 1  # (S, S)
-            truth = seg_mask[valid]  # (V,)
-            if truth.all() or not truth.any():  # AUC undefined: scored by neither path
-                continue
-            yield index, image, target, seg_mask, valid
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.zero_grad(set_to_none=True)
+
+
+@contextmanager
+def keep_output(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """`module`'s latest output under "output", and its gradient after a backward under "grad".
+
+    The authors' `Hooks` class in `utils.py`, as a context manager that removes its hook.
+    """
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep_grad(grad: torch.Tensor) -> None:
+        kept["grad"] = grad
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kept["output"] = output
+        if output.requires_grad:
+            output.register_hook(keep_grad)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield kept
+    finally:
+        handle.remove()
+        kept.clear()
+
+
+def one_hot(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """(1, K) start gradient of class `target`, their `grad_out`."""
+    start = torch.zeros_like(logits)
+    start[0, target] = 1.0
+    return start
+
+
+def to_input_size(layer_map: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+    """(1, h, w) map at the attribution layer -> (S, S) NumPy map, upsampled as `attribute` does."""
+    return upsample(layer_map.detach(), tuple(image.shape[-2:]))[0].numpy()
+
+
+@contextmanager
+def authors_gradcam(model: nn.Module) -> Iterator[Explain]:
+    """Their Grad-CAM: per image one forward whose graph is kept, per class a full backward.
+
+    As `evaluate_localization.py` with `--method gcam`: hooks on the attribution layer keep its
+    output and gradient; per ground-truth class `model.zero_grad()` and
+    `logits.backward(one_hot, retain_graph=True)`, a backward through the whole network down
+    to the first conv that also fills every parameter's gradient. Channel weights are the
+    spatial mean of the gradient (theirs: the sum; a factor h * w that min-max normalisation
+    removes), so the maps equal `attribute(..., "gradcam")`'s up to rounding.
+    """
+    with keep_output(model.attribution_layer) as kept:
+
+        def explain(image: torch.Tensor, targets: list[int]) -> tuple[torch.Tensor, list]:
+            with torch.enable_grad():
+                logits = model(image)  # (1, K), graph kept for one backward per class
+                maps = []
+                for target in targets:
+                    model.zero_grad()
+                    logits.backward(one_hot(logits, target), retain_graph=True)
+                    weights = kept["grad"].mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
+                    cam = F.relu((weights * kept["output"]).sum(dim=1))  # (1, h, w)
+                    maps.append(to_input_size(cam, image))
+            return logits.detach()[0], maps
+
+        yield explain
+
+
+@contextmanager
+def authors_ebp(model: nn.Module) -> Iterator[Explain]:
+    """Their EBP explainer: a forward of the whole network and a head backward per class.
+
+    Their `ExcitationBackpropExplainer` swaps every conv's and linear's forward for an autograd
+    function with the excitation backward, once before the loop; here zennit's
+    ExcitationBackprop composite (`ebp_composite`, the rules of `attrlib.attribution.ebp`) is
+    registered on the whole model for the run. Per image their loop runs one forward for the
+    logits; per class `explain` runs its own forward of the whole network (with its graph) and
+    `torch.autograd.grad(logits, attribution output, one_hot, retain_graph=True)`, which goes
+    back to the attribution layer only (the head: max-pool, dropout, linear). Relevance summed
+    over channels, negatives clipped: `attribute(..., "ebp")`'s maps up to rounding.
+    """
+    with keep_output(model.attribution_layer) as kept, ebp_composite().context(model):
+
+        def explain(image: torch.Tensor, targets: list[int]) -> tuple[torch.Tensor, list]:
+            with torch.enable_grad():
+                logits = model(image)  # (1, K), their loop's forward per image
+                maps = []
+                for target in targets:
+                    output = model(image)  # (1, K), the explainer's own forward per class
+                    (relevance,) = torch.autograd.grad(
+                        output, kept["output"], one_hot(output, target), retain_graph=True
+                    )  # (1, C, h, w)
+                    maps.append(to_input_size(relevance.sum(dim=1).clamp(min=0), image))
+            return logits.detach()[0], maps
+
+        yield explain
+
+
+@contextmanager
+def authors_per_pair(model: nn.Module, method: str) -> Iterator[Explain]:
+    """LRP, RAP and any other method: a forward per image, then `attribute` per class.
+
+    Their loop runs the image's forward (with its graph: their relevance layers record their
+    inputs in forward hooks) and then, per class, `relprop` (LRP) or `RAP_relprop` (RAP) from
+    the recorded activations. Here `attribute` runs its own forward per pair, one forward
+    more than theirs, with a propagation that costs far less than theirs (module docstring):
+    per pair, if anything cheaper than their code.
+    """
+
+    def explain(image: torch.Tensor, targets: list[int]) -> tuple[torch.Tensor, list]:
+        with torch.enable_grad():
+            logits = model(image)  # (1, K), their loop's forward per image
+        maps = [attribute(model, image, torch.tensor([t]), method)[0].numpy() for t in targets]
+        return logits.detach()[0], maps
+
+    yield explain
+
+
+def authors_explainer(model: nn.Module, method: str) -> AbstractContextManager[Explain]:
+    """The authors' per-image procedure for `method` (see the three re-creations above)."""
+    if method == "gradcam":
+        return authors_gradcam(model)
+    if method == "ebp":
+        return authors_ebp(model)
+    return authors_per_pair(model, method)
+
+
+def scorable(seg_mask: np.ndarray, valid: np.ndarray) -> bool:
+    """AUC is defined: the class mask has valid pixels inside and outside (`select_pairs`)."""
+    truth = seg_mask[valid]  # (V,)
+    return bool(truth.any() and not truth.all())
+
+
+def authors_predict(model: nn.Module, dataset: Dataset, require_prediction: bool = True) -> int:
+    """The authors' prediction pass alone; returns the number of pairs it would score.
+
+    Batch-size-1 loading, a forward per image (with its graph, as theirs), the ground-truth
+    classes with their logit > 0 test (unless `require_prediction` is False) and mask check.
+    """
+    count = 0
+    with eval_mode(model), parameters_require_grad(model):
+        for image, labels, mask in DataLoader(dataset, batch_size=1):
+            logits = model(image)[0]  # (K,)
+            segmentation = mask[0].numpy()  # (S, S)
+            valid = segmentation != VOID
+            for target in labels[0].nonzero().flatten().tolist():
+                predicted = bool(logits[target] > 0) or not require_prediction
+                count += predicted and scorable(segmentation == target + 1, valid)
+    return count
 
 
 def authors_maps(
-    model: nn.Module, dataset: Dataset, method: str, require_prediction: bool = True
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per pair of `authors_pairs`: (index, class, map (S,S), seg_mask, valid), one at a time.
+    model: nn.Module, dataset: Dataset, method: str
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, bool]]:
+    """The authors' loop: (index, class, map (S,S), seg_mask (S,S), valid (S,S), predicted).
 
-    The map is `attribute` on that single (image, class), as a NumPy array, not normalised.
+    Batch size 1; per image the method's forward, then a map for EVERY ground-truth class,
+    also those the model does not predict (their loop drops those only after scoring them:
+    `predicted` says whether the logit is > 0). Pairs whose mask is empty or covers every
+    valid pixel are mapped but not yielded (AUC undefined; scikit-learn would give theirs NaN).
+    Maps are not normalised.
     """
-    for index, image, target, seg_mask, valid in authors_pairs(model, dataset, require_prediction):
-        heatmap = attribute(model, image, torch.tensor([target]), method)[0].numpy()  # (S, S)
-        yield index, target, heatmap, seg_mask, valid
+    with (
+        eval_mode(model),
+        parameters_require_grad(model),
+        authors_explainer(model, method) as explain,
+    ):
+        for index, (image, labels, mask) in enumerate(DataLoader(dataset, batch_size=1)):
+            targets = labels[0].nonzero().flatten().tolist()
+            logits, heatmaps = explain(image, targets)  # (K,), one (S, S) map per target
+            segmentation = mask[0].numpy()  # (S, S) 0 background, k+1 class k, 255 void
+            valid = segmentation != VOID  # (S, S)
+            for target, heatmap in zip(targets, heatmaps, strict=True):
+                seg_mask = segmentation == target + 1  # (S, S)
+                if scorable(seg_mask, valid):
+                    yield index, target, heatmap, seg_mask, valid, bool(logits[target] > 0)
 
 
 def authors_scores(
@@ -131,6 +317,22 @@ def authors_scores(
     return float(auc(false_pos, true_pos)), float(seg_mask.flat[peak])
 
 
+def authors_scored(
+    model: nn.Module, dataset: Dataset, method: str, require_prediction: bool = True
+) -> Iterator[tuple[object, int, np.ndarray, float, float]]:
+    """Per kept pair of `authors_maps`: (image id, class, map (S,S), auc, pointing).
+
+    Every ground-truth pair is scored; with `require_prediction`, those with logit <= 0 are
+    dropped afterwards, as theirs.
+    """
+    ids = getattr(dataset, "ids", None)
+    for index, target, heatmap, seg_mask, valid, predicted in authors_maps(model, dataset, method):
+        scores = authors_scores(heatmap, seg_mask, valid)
+        if require_prediction and not predicted:
+            continue
+        yield (ids[index] if ids else index), target, heatmap, *scores
+
+
 def authors_localization(
     model: nn.Module, dataset: Dataset, method: str, require_prediction: bool = True
 ) -> pd.DataFrame:
@@ -141,15 +343,14 @@ def authors_localization(
         dataset: items (image (3,S,S), labels (K,), mask (S,S)), like `VOCLocalization`.
         method: an attribution method name (gradcam, ebp, lrp, rap).
         require_prediction: keep only classes with logit > 0 (the paper); False keeps every
-            scorable ground-truth class (see `authors_pairs`).
+            scorable ground-truth class.
     Returns:
-        One row per scored pair: image, class, method, auc, pointing (the columns of
+        One row per kept pair: image, class, method, auc, pointing (the columns of
         `localization_table`).
     """
-    ids = getattr(dataset, "ids", None)
     rows = [
-        (ids[index] if ids else index, target, method, *authors_scores(heatmap, seg_mask, valid))
-        for index, target, heatmap, seg_mask, valid in authors_maps(
+        (name, target, method, auc_value, pointing)
+        for name, target, _, auc_value, pointing in authors_scored(
             model, dataset, method, require_prediction
         )
     ]
@@ -212,18 +413,19 @@ def batched_maps(
 ) -> Iterator[tuple[int, int, str, np.ndarray, np.ndarray, np.ndarray]]:
     """The maps `localization_table` scores, per pair: (index, class, method, map, seg, valid).
 
-    Mirrors the batched path (same loader, pair selection and `attribute` call per batch and
-    method), so the maps are the ones it scores, bit for bit; were the mirror to drift, the
-    same-map score check of `check_equal_scores` would fail.
+    Mirrors the batched path (same loader, trunk forward, pair selection and `attribute` call
+    per batch and method), so the maps are the ones it scores, bit for bit; were the mirror to
+    drift, the same-map score check of `check_equal_scores` would fail.
     """
     offset = 0
     for images, labels, masks in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        with torch.no_grad():
-            logits = model.eval()(images)  # (B, K)
+        with torch.no_grad(), eval_mode(model):
+            feature = model.forward_features(images)  # (B, C, h, w)
+            logits = model.head(feature)  # (B, K)
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)
         segmentation = masks.numpy()  # (B, S, S)
         for method in methods if len(rows) else []:
-            maps = attribute(model, images[rows], classes, method)  # (P, S, S)
+            maps = attribute(model, images[rows], classes, method, feature=feature[rows])
             for p, (row, target) in enumerate(zip(rows.tolist(), classes.tolist(), strict=True)):
                 seg = segmentation[row]
                 yield offset + row, target, method, maps[p].numpy(), seg == target + 1, seg != VOID
@@ -258,12 +460,11 @@ def check_equal_scores(
     ids = data64.ids
     authors_rows, authors_heatmaps = [], {}
     for method in methods:
-        for index, target, heatmap, seg, valid in authors_maps(
+        for name, target, heatmap, *scores in authors_scored(
             model64, data64, method, require_prediction
         ):
-            authors_heatmaps[index, target, method] = heatmap
-            name = ids[index] if ids else index
-            authors_rows.append((name, target, method, *authors_scores(heatmap, seg, valid)))
+            authors_heatmaps[name, target, method] = heatmap
+            authors_rows.append((name, target, method, *scores))
     authors = pd.DataFrame(authors_rows, columns=[*KEYS, "auc", "pointing"])
     batched, _ = localization_table(
         model64,
@@ -278,10 +479,10 @@ def check_equal_scores(
     for index, target, method, heatmap, seg, valid in batched_maps(
         model64, data64, methods, batch_size, require_prediction
     ):
-        scale = max(float(np.abs(heatmap).max()), np.finfo(heatmap.dtype).tiny)
-        gap = float(np.abs(authors_heatmaps[index, target, method] - heatmap).max()) / scale
-        map_gap = max(map_gap, gap)
         name = ids[index] if ids else index
+        scale = max(float(np.abs(heatmap).max()), np.finfo(heatmap.dtype).tiny)
+        gap = float(np.abs(authors_heatmaps[name, target, method] - heatmap).max()) / scale
+        map_gap = max(map_gap, gap)
         rescored_rows.append((name, target, method, *authors_scores(heatmap, seg, valid)))
     if map_gap > MAP_TOLERANCE:
         raise AssertionError(f"a one-pair map differs from its batched map by {map_gap:.3g} (rel)")
@@ -378,8 +579,7 @@ def main() -> None:
 
     def authors(method: str | None) -> pd.DataFrame | None:
         if method is None:  # the prediction pass alone: loading, forward, pair selection
-            for _ in authors_pairs(model, dataset, require_prediction):
-                pass
+            authors_predict(model, dataset, require_prediction)
             return None
         return authors_localization(model, dataset, method, require_prediction)
 

@@ -18,7 +18,7 @@ from zennit.composites import ExcitationBackprop, LayerMapComposite
 from zennit.rules import AlphaBeta, Pass
 from zennit.types import Activation, BatchNorm, Convolution
 
-from attrlib.attribution import METHODS, attribute
+from attrlib.attribution import FEATURE_METHODS, METHODS, attribute
 from attrlib.models import vgg16_bn_voc
 
 # 56 px: attribution layer 3x3; the 7->3 and 3->1 max-pools drop a row and a column, as the
@@ -134,6 +134,49 @@ def test_unknown_method_lists_valid_names() -> None:
 def test_wrong_shapes_raise(images: torch.Tensor, classes: torch.Tensor) -> None:
     with pytest.raises(ValueError):
         attribute(tiny_model(), images, classes, "gradcam")
+
+
+# ---------------------------------------------------------------- the feature path
+
+
+def test_feature_methods_are_registered_methods() -> None:
+    assert FEATURE_METHODS.names()
+    assert set(FEATURE_METHODS.names()) <= set(METHODS.names())
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_feature_path_equals_image_path(method: str) -> None:
+    """A precomputed trunk feature gives the same maps (layer methods) or is ignored (others)."""
+    model = tiny_model().eval()
+    images, classes = batch(4)
+    with torch.no_grad():
+        feature = model.forward_features(images)  # (B, C, h, w)
+    from_feature = attribute(model, images, classes, method, feature=feature)
+    from_images = attribute(model, images, classes, method)
+    torch.testing.assert_close(from_feature, from_images, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS.names())
+def test_feature_rows_of_a_larger_batch(method: str) -> None:
+    """Rows of one batch's feature (as `localization_table` picks them) give their images' maps."""
+    model = tiny_model().eval()
+    images, _ = batch(3)
+    rows, classes = torch.tensor([0, 2, 2, 1]), torch.tensor([1, 0, 4, 3])
+    with torch.no_grad():
+        feature = model.forward_features(images)  # (3, C, h, w)
+    ours = attribute(model, images[rows], classes, method, feature=feature[rows])
+    expected = attribute(model, images[rows], classes, method)
+    assert (expected.flatten(1).amax(1) > 0).any()
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6 * expected.abs().max())
+
+
+def test_feature_of_another_batch_size_raises() -> None:
+    model = tiny_model().eval()
+    images, classes = batch(3)
+    with torch.no_grad():
+        feature = model.forward_features(images[:2])
+    with pytest.raises(ValueError, match="feature"):
+        attribute(model, images, classes, "gradcam", feature=feature)
 
 
 # ---------------------------------------------------------------- Grad-CAM vs Captum

@@ -4,6 +4,11 @@ Every method is a registry entry `(model, images (B,3,H,W), classes (B,)) -> map
 its natural resolution (the attribution layer or the input); `attribute` upsamples layer maps
 to the input size (bilinear, align_corners=False). Maps are returned before min-max
 normalisation (see `attrlib.metrics.normalize_maps`).
+
+Methods that start at the attribution layer (Grad-CAM, EBP) are also entries of
+`FEATURE_METHODS`, `(model, feature (B,C,h,w), classes (B,)) -> maps (B,h,w)`, where `feature`
+is `model.forward_features(images)`: an evaluation that already ran the trunk for the logits
+passes that feature to `attribute` instead of paying for the trunk once more per method.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from attrlib.registry import Registry
 
 AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS: Registry[AttributionFn] = Registry("attribution method")
+# (model, feature (B, C, h, w), classes (B,)) -> maps (B, h, w); a subset of METHODS' names
+FEATURE_METHODS: Registry[AttributionFn] = Registry("feature-level attribution method")
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -27,7 +34,11 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def attribute(
-    model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str
+    model: nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    method: str,
+    feature: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Maps of `method` for target `classes` on `images`, at the input resolution.
 
@@ -37,6 +48,9 @@ def attribute(
         classes: (B,) integer target class per row; several classes of one image are
             repeated rows.
         method: a name in `METHODS` (gradcam, ebp, lrp, rap).
+        feature: optional (B, C, h, w) `model.forward_features(images)` in eval mode, row for
+            row. Methods in `FEATURE_METHODS` start from it instead of re-running the trunk
+            (same maps); the others need the whole network's forward and ignore it.
     Returns:
         (B, H, W) float maps, not normalised.
     """
@@ -52,9 +66,16 @@ def attribute(
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if classes.numel() and (classes.min() < 0 or (num_classes and classes.max() >= num_classes)):
         raise ValueError(f"classes must lie in [0, {num_classes}), got {classes.tolist()}")
+    if feature is not None and (feature.ndim != 4 or feature.shape[0] != images.shape[0]):
+        raise ValueError(
+            f"feature must be (B, C, h, w) with B={images.shape[0]}, got {tuple(feature.shape)}"
+        )
     classes = classes.to(images.device, torch.int64)
     with eval_mode(model), torch.enable_grad():
-        maps = fn(model, images, classes)  # (B, h, w)
+        if feature is not None and method in FEATURE_METHODS:
+            maps = FEATURE_METHODS.get(method)(model, feature, classes)  # (B, h, w)
+        else:
+            maps = fn(model, images, classes)  # (B, h, w)
     if maps.shape[-2:] != images.shape[-2:]:
         maps = upsample(maps, tuple(images.shape[-2:]))
     return maps.detach()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.composites import ExcitationBackprop
 
-from attrlib.attribution import METHODS
+from attrlib.attribution import FEATURE_METHODS, METHODS
 
 STABILIZER = 1e-6  # added to each denominator (zennit's default); the authors' code uses 1e-10
 
@@ -55,7 +55,23 @@ def ebp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
     """
     with torch.no_grad():
         feature = model.forward_features(images)  # (B, C, h, w), no graph below this point
-    feature.requires_grad_(True)
+    return ebp_from_feature(model, feature, classes)
+
+
+@FEATURE_METHODS.register("ebp")
+def ebp_from_feature(
+    model: nn.Module, feature: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """Excitation-backprop maps from the attribution feature (see `ebp`).
+
+    Args:
+        model: a `VGGVOC` in eval mode (`head`).
+        feature: (B, C, h, w) `model.forward_features(images)`; not modified.
+        classes: (B,) int64 target class per row, on the feature's device.
+    Returns:
+        (B, h, w) non-negative maps.
+    """
+    feature = feature.detach().requires_grad_(True)  # a fresh leaf: the graph starts here
     with ebp_composite().context(model):
         logits = model.head(feature)  # (B, K)
         one_hot = F.one_hot(classes, logits.shape[1]).to(logits.dtype)  # (B, K) start relevance

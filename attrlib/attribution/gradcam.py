@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrlib.attribution import METHODS
+from attrlib.attribution import FEATURE_METHODS, METHODS
 
 
 @METHODS.register("gradcam")
@@ -37,7 +37,23 @@ def gradcam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> to
     """
     with torch.no_grad():
         feature = model.forward_features(images)  # (B, C, h, w), no graph below this point
-    feature.requires_grad_(True)
+    return gradcam_from_feature(model, feature, classes)
+
+
+@FEATURE_METHODS.register("gradcam")
+def gradcam_from_feature(
+    model: nn.Module, feature: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """Grad-CAM maps from the attribution feature: one head forward and backward (see `gradcam`).
+
+    Args:
+        model: a `VGGVOC` in eval mode (`head`).
+        feature: (B, C, h, w) `model.forward_features(images)`; not modified.
+        classes: (B,) int64 target class per row, on the feature's device.
+    Returns:
+        (B, h, w) non-negative maps.
+    """
+    feature = feature.detach().requires_grad_(True)  # a fresh leaf: the graph starts here
     logits = model.head(feature)  # (B, K)
     target = logits.gather(1, classes[:, None]).sum()  # rows are independent: sum = one backward
     (grads,) = torch.autograd.grad(target, feature)  # (B, C, h, w)

@@ -1,63 +1,96 @@
-"""LRP alpha=1, beta=0 read at the input, with zennit's rules and batch-norm canonizer.
+"""LRP alpha=1, beta=0 read at the input: zennit's z+ rule, batch norm merged into the conv.
 
 Follows Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by
 Layer-Wise Relevance Propagation", PLoS ONE 2015 (the alpha-beta rule), in the bias-free form
 of Montavon et al., "Explaining nonlinear classification decisions with deep Taylor
 decomposition", Pattern Recognition 2017 (alpha=1, beta=0 is their z+ rule).
+
+The rules are those of zennit's `ZPlus` composite with the `SequentialMergeBatchNorm`
+canonizer (the tests check equality with zennit's `AlphaBeta(1, 0)` attributor), applied
+layer by layer (`attrlib.attribution.propagation`) instead of through zennit's hooks: zennit
+also runs the network's own backward and a second, all-zero z+ term (x^- w^-) at every layer
+whose input is a ReLU output, each costing about as much as the rule and changing nothing.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import LayerMapComposite
-from zennit.rules import Pass, ZPlus
-from zennit.types import Activation, BatchNorm, Convolution
 
-from attrlib.attribution import METHODS
+from attrlib.attribution import METHODS, propagation
 
 STABILIZER = 1e-6  # added to each (non-negative) denominator, zennit's default
 
 
-def lrp_composite() -> LayerMapComposite:
-    """zennit composite for LRP alpha=1, beta=0 on a conv/BN/ReLU/max-pool/linear network.
+def _merged_weight(conv: nn.Conv2d, bn: nn.Module | None) -> torch.Tensor:
+    """The conv's weight with the batch norm after it merged in: w * gamma / sqrt(var + eps).
 
-    - Canonizer: `SequentialMergeBatchNorm` folds every batch norm into the conv before it
-      (w' = w * gamma / sqrt(var + eps), b' = (b - mean) * gamma / sqrt(var + eps) + beta),
-      and turns the batch norm into the identity; the composite's context restores both.
-    - Conv2d and Linear: zennit's `ZPlus` without bias, which is `AlphaBeta(alpha=1, beta=0)`
-      computed with two modified forwards instead of four (the beta term is multiplied by 0):
-      R_i = sum_j (x_i w_ij)^+ / sum_i' (x_i' w_i'j)^+ * R_j. Both sign pairs count as
-      positive contributions ((x w)^+ = x^+ w^+ + x^- w^-), which matters at the first layer
-      where the normalised pixels are negative. The tests check equality with `AlphaBeta`.
-    - ReLU and the (identity) merged batch norm: `Pass`, relevance goes through unchanged.
-    - Max-pool: no rule, so the gradient routes relevance to the arg-max (winner takes all);
-      dropout is the identity in eval mode.
+    As zennit's `MergeBatchNorm`; the merged bias is not needed (the rule ignores biases).
     """
-    return LayerMapComposite(
-        layer_map=[
-            (Activation, Pass()),
-            (BatchNorm, Pass()),
-            (Convolution, ZPlus(stabilizer=STABILIZER, zero_params=["bias"])),
-            (nn.Linear, ZPlus(stabilizer=STABILIZER, zero_params=["bias"])),
-        ],
-        canonizers=[SequentialMergeBatchNorm()],
-    )
+    weight = conv.weight.detach()
+    if not isinstance(bn, nn.BatchNorm2d):
+        return weight
+    gamma = bn.weight.detach() if bn.weight is not None else 1.0
+    scale = gamma / (bn.running_var + bn.eps) ** 0.5  # (C_out,)
+    return weight * scale[:, None, None, None]  # (C_out, C_in, k, k)
+
+
+def _relprop_conv(
+    conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tensor, relevance: torch.Tensor
+) -> torch.Tensor:
+    """z+ rule of a conv: R_i = sum_j (x_i w_ij)^+ / (sum_i' (x_i' w_i'j)^+ + eps) R_j.
+
+    (x w)^+ = x^+ w^+ + x^- w^-: a conv reading a ReLU output has no x^- term, and the
+    image-reading conv gets both terms as one conv over [x^+, x^-] stacked as channels.
+
+    Args: conv (its geometry); weight (C_out, C_in, k, k) merged weight; x (B, C_in, H, W) its
+        input; relevance (B, C_out, h, w) at its output.
+    Returns: (B, C_in, H, W) relevance at its input.
+    """
+    propagation.check_conv(conv)
+    signed = bool(x.amin() < 0)
+    if signed:
+        inputs = torch.cat([x.clamp(min=0), x.clamp(max=0)], dim=1)  # (B, 2 C_in, H, W)
+        weight = torch.cat([weight.clamp(min=0), weight.clamp(max=0)], dim=1)
+    else:
+        inputs, weight = x, weight.clamp(min=0)
+    z = propagation.conv(conv, inputs, weight)  # (B, C_out, h, w), >= 0
+    grad = propagation.conv_input_grad(conv, inputs, weight, relevance / (z + STABILIZER))
+    out = inputs * grad  # (B, C_in, H, W), or (B, 2 C_in, H, W) if signed
+    if signed:
+        from_pos, from_neg = out.chunk(2, dim=1)  # the x^+ w^+ and x^- w^- shares
+        out = from_pos + from_neg  # (B, C_in, H, W)
+    return out
+
+
+def _relprop_linear(linear: nn.Linear, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """z+ rule of the top linear layer for a one-hot start on `classes`: only the target row.
+
+    Args: linear layer; x (B, D) its input; classes (B,) target class per row.
+    Returns: (B, D) relevance at its input, summing to 1 per row (up to the stabilizer).
+    """
+    w = linear.weight.detach()[classes]  # (B, D): each row's target-class weights
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    contrib = x_pos * w.clamp(min=0) + x_neg * w.clamp(max=0)  # (B, D), (x w)^+
+    return contrib / (contrib.sum(dim=1, keepdim=True) + STABILIZER)
 
 
 @METHODS.register("lrp")
 def lrp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """LRP alpha=1, beta=0 maps of `classes`, read at the input and summed over colour channels.
 
-    One forward and one backward of the whole network with the rules of `lrp_composite`
-    registered (hooks and batch-norm merge are removed/reverted on exit, also on error).
-    Start relevance: the one-hot vector of the target class (zennit's attributors take the
-    output relevance as the backward's `grad_outputs`).
+    One forward records every layer's input for the whole batch; the relevance of a one-hot
+    output then goes back layer by layer:
+    - Linear and Conv2d: the z+ rule (biases ignored), each batch norm merged into the conv
+      before it: w' = w * gamma / sqrt(var + eps);
+    - BatchNorm2d (merged), ReLU, Dropout (eval mode): relevance passes unchanged;
+    - MaxPool2d: winner takes all, to the arg-max the forward chose (zennit leaves max-pool
+      to its gradient, which routes the same way).
+    The model is left unchanged (no hooks, no parameter changes or gradients).
 
     Args:
-        model: a `VGGVOC` in eval mode.
+        model: a `VGGVOC`-like network: `features` (Conv2d/BatchNorm2d/ReLU/MaxPool2d) and
+            `classifier` (Dropout + one Linear on the flattened final feature map).
         images: (B, 3, H, W) normalised images (not modified).
         classes: (B,) int64 target class per row, on the images' device.
     Returns:
@@ -76,9 +109,18 @@ def lrp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
     - alpha-beta on the first conv too (theirs uses the z^B rule with the image's min/max),
       as the specification asks for alpha=1, beta=0 throughout.
     """
-    inputs = images.detach().requires_grad_(True)  # fresh leaf: the caller's tensor is untouched
-    with lrp_composite().context(model):
-        logits = model(inputs)  # (B, K)
-        one_hot = F.one_hot(classes, logits.shape[1]).to(logits.dtype)  # (B, K) start relevance
-        (relevance,) = torch.autograd.grad(logits, inputs, grad_outputs=one_hot)  # (B, 3, H, W)
+    layers = propagation.flat_layers(model)
+    inputs, winners = propagation.record_inputs(model, layers, images)  # whole batch
+    relevance = _relprop_linear(layers[-1], inputs[-1], classes)  # (B, D)
+    for k in reversed(range(len(layers) - 1)):
+        layer, x = layers[k], inputs[k]
+        if isinstance(layer, nn.Conv2d):
+            weight = _merged_weight(layer, layers[k + 1])
+            relevance = _relprop_conv(layer, weight, x, relevance)
+        elif isinstance(layer, nn.MaxPool2d):
+            relevance = propagation.unpool(layer, x, relevance, winners[k])
+        elif isinstance(layer, nn.Flatten):
+            relevance = relevance.reshape(x.shape)
+        elif not isinstance(layer, (nn.BatchNorm2d, nn.ReLU, nn.Dropout)):
+            raise TypeError(f"LRP has no rule for {type(layer).__name__}")
     return relevance.sum(dim=1).detach()  # (B, H, W)

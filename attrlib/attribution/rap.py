@@ -27,19 +27,31 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attrlib.attribution import METHODS
-from attrlib.models import eval_mode
+from attrlib.attribution import METHODS, propagation
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input, weight) -> output
+# Masks are float tensors of 0 and 1 in the data's dtype, applied by multiplication: on CPU,
+# `torch.where` and arithmetic with bool tensors are several times slower than float
+# arithmetic, and these rules run on every activation of the network.
 
 
-def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a / b where b != 0, else 0 (the official `safe_divide`, without its 1e-9 detour)."""
-    nonzero = b != 0
-    return a / torch.where(nonzero, b, torch.ones_like(b)) * nonzero
+def _nonzero(b: torch.Tensor) -> torch.Tensor:
+    """1 where b != 0, else 0, in b's dtype."""
+    return torch.ne(b, 0, out=torch.empty_like(b))
+
+
+def _safe_div(
+    a: torch.Tensor, b: torch.Tensor, nonzero: torch.Tensor | None = None
+) -> torch.Tensor:
+    """a / b where b != 0, else 0 (the official `safe_divide`, without its 1e-9 detour).
+
+    Bit for bit a / b where b != 0: the denominator is b + 0 there (and 1 elsewhere, so no
+    inf or NaN arises to be masked). `nonzero` is `_nonzero(b)` when the caller has it.
+    """
+    nonzero = _nonzero(b) if nonzero is None else nonzero
+    denominator = (1 - nonzero).add_(b)  # b where b != 0, 1 where b == 0
+    return (a / denominator).mul_(nonzero)
 
 
 def _shift(contrib: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -50,13 +62,14 @@ def _shift(contrib: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     that received no relevance stay exactly zero.
     """
     dims = tuple(range(1, contrib.ndim))
-    carrying = (contrib != 0).to(contrib.dtype)  # (B, ...)
+    carrying = _nonzero(contrib)  # (B, ...)
     excess = contrib.sum(dims, keepdim=True) - relevance.sum(dims, keepdim=True)  # (B, 1, ...)
-    return contrib - _safe_div(excess, carrying.sum(dims, keepdim=True)) * carrying
+    shift = _safe_div(excess, carrying.sum(dims, keepdim=True))  # (B, 1, ...) per carrier
+    return contrib.addcmul(carrying, shift, value=-1)  # contrib - shift where carrying
 
 
 def _relative_prop(
-    forward: Forward,
+    conv: nn.Conv2d,
     x: torch.Tensor,
     w_first: torch.Tensor,
     w_second: torch.Tensor,
@@ -64,41 +77,26 @@ def _relative_prop(
 ) -> torch.Tensor:
     """One sign branch of the hidden-layer rule (official `Conv2d.RAP_relprop.pos_prop`).
 
-    With z1 = forward(x, w_first) >= 0 and z2 = forward(x, w_second) >= 0 (the two groups of
-    contributions of this input sign, as magnitudes; both masked to outputs with R != 0), each
-    output j hands out, proportionally to the contributions x_i w_ij of a group:
+    With z1 = conv(x, w_first) >= 0 and z2 = conv(x, w_second) >= 0 (the two groups of
+    contributions of this input sign, as magnitudes), each output j with R_j != 0 hands out,
+    proportionally to the contributions x_i w_ij of a group:
       R+_j                      to group 1 ("relevant": pushes the unit up),
       R-_j                      to group 2,
       (R+_j + R-_j) z2/(z1+z2)  to group 2 again (its relative share),
-    and `_shift` then removes the surplus so the branch conserves sum(R). The three group-2
-    terms share one gradient (the official code takes four, equal by linearity).
+    and `_shift` then removes the surplus so the branch conserves sum(R). Per output that is
+    one factor per group: s1 = R+/z1 and s2 = R-/z2 + R/(z1+z2) (each 0 where its z is 0; the
+    official code's four gradients and its `(z1+z2)/(z1+z2)` factor reduce to these, equal
+    up to rounding). Outputs with R_j = 0 get s = 0, so the official masking of z by R != 0
+    is implied. Both groups run as one conv and one transposed conv on stacked weights.
     """
-    x = x.detach().requires_grad_(True)
-    alive = (relevance != 0).to(relevance.dtype)  # (B, C_out, h, w)
-    with torch.enable_grad():
-        z1 = forward(x, w_first) * alive  # (B, C_out, h, w), >= 0
-        z2 = forward(x, w_second) * alive  # (B, C_out, h, w), >= 0
-    z1d, z2d = z1.detach(), z2.detach()
-    total = z1d + z2d
-    defined = _safe_div(total, total)  # 1 where z1 + z2 != 0
-    share2 = _safe_div(z2d, total)  # relative share of group 2
+    weight = torch.cat([w_first, w_second])  # (2 C_out, C_in, k, k): both groups at once
+    z1, z2 = propagation.conv(conv, x, weight).chunk(2, dim=1)  # (B, C_out, h, w) each, >= 0
     rel_pos, rel_neg = relevance.clamp(min=0), relevance.clamp(max=0)
-    s1 = _safe_div(rel_pos * defined, z1d)
-    s2 = (
-        _safe_div(rel_neg * defined, z2d)
-        + _safe_div(rel_pos * share2, z2d)
-        + _safe_div(rel_neg * share2, z2d)
-    )
-    (grad,) = torch.autograd.grad((z1, z2), x, (s1, s2))  # (B, C_in, H, W)
-    return _shift(x.detach() * grad, relevance)
-
-
-def _conv_forward(conv: nn.Conv2d) -> Forward:
-    if conv.padding_mode != "zeros":
-        raise ValueError(f"RAP supports zero-padded convs only, got {conv.padding_mode!r}")
-    return lambda inp, weight: F.conv2d(
-        inp, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups
-    )
+    s1 = _safe_div(rel_pos, z1)  # (B, C_out, h, w)
+    has_z2 = _nonzero(z2)  # (B, C_out, h, w); z2 != 0 implies z1 + z2 > 0
+    s2 = (_safe_div(rel_neg, z2, has_z2) + _safe_div(relevance, z1 + z2)).mul_(has_z2)
+    grad = propagation.conv_input_grad(conv, x, weight, torch.cat([s1, s2], dim=1))
+    return _shift(x * grad, relevance)
 
 
 def _relprop_conv(conv: nn.Conv2d, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -114,12 +112,13 @@ def _relprop_conv(conv: nn.Conv2d, x: torch.Tensor, relevance: torch.Tensor) -> 
     Args: conv layer; x (B, C_in, H, W) its input; relevance (B, C_out, h, w) at its output.
     Returns: (B, C_in, H, W) relevance at its input.
     """
-    forward = _conv_forward(conv)
+    propagation.check_conv(conv)
     w = conv.weight.detach()
     w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
-    out = _relative_prop(forward, x.clamp(min=0), w_pos, -w_neg, relevance)
-    if bool((x < 0).any()):  # the x < 0 branch is exactly zero otherwise; skip its cost
-        out = out + _relative_prop(forward, x.clamp(max=0), -w_pos, w_neg, relevance)
+    signed = bool(x.amin() < 0)  # False behind a ReLU: no x < 0 branch, no clamp of x
+    out = _relative_prop(conv, x.clamp(min=0) if signed else x, w_pos, -w_neg, relevance)
+    if signed:  # the x < 0 branch is exactly zero otherwise; skip its cost
+        out = out + _relative_prop(conv, x.clamp(max=0), -w_pos, w_neg, relevance)
     return out
 
 
@@ -129,18 +128,21 @@ def _relprop_input_conv(conv: nn.Conv2d, x: torch.Tensor, relevance: torch.Tenso
     With L, H the min and max of each image over channels and pixels (not the data range),
     z_j = sum_i x_i w_ij - L w+_ij - H w-_ij >= 0 and R_i = sum_j (x_i w_ij - L w+_ij
     - H w-_ij) R_j / z_j. Conserves sum(R) wherever z_j != 0. Padded pixels contribute nothing.
+    The three terms run as one conv and one transposed conv: the image, L and H stacked as
+    channels, against w, -w+ and -w- stacked likewise.
     """
-    forward = _conv_forward(conv)
+    propagation.check_conv(conv)
     w = conv.weight.detach()
-    w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
-    x = x.detach().requires_grad_(True)
-    low = x.detach().amin(dim=(1, 2, 3), keepdim=True).expand_as(x).clone().requires_grad_(True)
-    high = x.detach().amax(dim=(1, 2, 3), keepdim=True).expand_as(x).clone().requires_grad_(True)
-    with torch.enable_grad():
-        z = forward(x, w) - forward(low, w_pos) - forward(high, w_neg)  # (B, C_out, h, w)
-    s = _safe_div(relevance, z.detach())
-    gx, glow, ghigh = torch.autograd.grad(z, (x, low, high), s)  # each (B, 3, H, W)
-    return (x * gx + low * glow + high * ghigh).detach()
+    x = x.detach()
+    low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)  # (B, C_in, H, W), per image
+    high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)  # (B, C_in, H, W)
+    inputs = torch.cat([x, low, high], dim=1)  # (B, 3 C_in, H, W)
+    weight = torch.cat([w, -w.clamp(min=0), -w.clamp(max=0)], dim=1)  # (C_out, 3 C_in, k, k)
+    z = propagation.conv(conv, inputs, weight)  # (B, C_out, h, w) = x*w - L*w+ - H*w-
+    s = _safe_div(relevance, z)  # (B, C_out, h, w)
+    grad = propagation.conv_input_grad(conv, inputs, weight, s)  # (B, 3 C_in, H, W)
+    terms = (inputs * grad).unflatten(1, (3, x.shape[1]))  # (B, 3, C_in, H, W)
+    return terms.sum(dim=1)  # (B, C_in, H, W)
 
 
 def _relprop_linear(linear: nn.Linear, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -187,22 +189,27 @@ def _relprop_batchnorm(
     folding is equivalent only when every BN scale is positive (a negative scale swaps w+
     and w- in the conv rule).
     """
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(x[0, :, 0, 0])
-    keep = (x != 0) & (gamma != 0)[None, :, None, None]  # (B, C, H, W)
+    keep = _nonzero(x)  # (B, C, H, W)
+    if bn.weight is not None and bool((bn.weight == 0).any()):
+        keep = keep * _nonzero(bn.weight.detach())[None, :, None, None]
     return relevance * keep
 
 
-def _relprop_maxpool(pool: nn.MaxPool2d, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+def _relprop_maxpool(
+    pool: nn.MaxPool2d,
+    x: torch.Tensor,
+    relevance: torch.Tensor,
+    pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """MaxPool: winner takes all (official `RelPropSimple`: R_i = x_i * d z/d x_i * R / z).
 
-    Each window's relevance goes to its arg-max input (the one autograd routes to); windows
-    whose max is 0 pass nothing on.
+    Each window's relevance goes to its arg-max input (the one autograd routes to, through
+    the same backward kernel); windows whose max is 0 pass nothing on. `pooled` is the pool's
+    (output, arg-max) from the forward pass (`propagation.record_inputs`), recomputed if None.
     """
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        z = pool(x)  # (B, C, H/2, W/2)
-    (grad,) = torch.autograd.grad(z, x, _safe_div(relevance, z.detach()))  # (B, C, H, W)
-    return x.detach() * grad
+    z, winners = pooled if pooled is not None else propagation.maxpool(pool, x)
+    grad = propagation.unpool(pool, x, _safe_div(relevance, z), winners)  # (B, C, H, W)
+    return x * grad  # R at each window's arg-max (x = z there), 0 elsewhere
 
 
 def _relprop_identity(layer: nn.Module, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -232,21 +239,14 @@ def _rule(layer: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
     raise TypeError(f"RAP has no rule for {type(layer).__name__}")
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
-    """The network as one flat list: features, flatten, classifier (ending in its Linear)."""
-    layers = [*model.features, nn.Flatten(1), *model.classifier]
-    if not isinstance(layers[-1], nn.Linear) or any(isinstance(m, nn.Linear) for m in layers[:-1]):
-        raise ValueError("RAP here expects one Linear, as the classifier's last layer")
-    return layers
-
-
 @METHODS.register("rap")
 def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """RAP relevance of `classes` at the input, summed over colour channels.
 
-    One forward pass records every layer's input for the whole batch; one reverse pass applies
-    the layer rules above (batched tensor ops; the only Python loop is over layers). The model
-    is evaluated in eval mode and left unchanged (no hooks, no parameter gradients).
+    One forward pass records every layer's input (and every max-pool's arg-max) for the whole
+    batch; one reverse pass applies the layer rules above (batched tensor ops; the only Python
+    loop is over layers). The model is evaluated in eval mode and left unchanged (no hooks, no
+    parameter gradients).
 
     Args:
         model: a `VGGVOC`-like network: `features` (Conv2d/BatchNorm2d/ReLU/MaxPool2d) and
@@ -266,22 +266,20 @@ def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
       the conv rule) is rejected;
     - the top linear layer uses the target row of the weights directly instead of the
       gradient trick, the BN rule is written in its simplified closed form, and the hidden
-      conv rule takes one gradient per branch instead of four: equal up to float rounding;
+      conv rule runs one conv and one transposed conv per branch (stacked weights, two
+      factors s1, s2) instead of four convs and four gradients: equal up to float rounding;
     - the authors' evaluation flips the map's sign when the logit is negative and clips
       negatives before scoring; that is post-processing, left to the caller.
     """
-    layers = _layers(model)
-    with eval_mode(model), torch.no_grad():
-        inputs = []  # inputs[k] = input of layers[k], for the whole batch
-        x = images
-        for layer in layers:
-            inputs.append(x)
-            x = layer(x)
+    layers = propagation.flat_layers(model)
+    inputs, winners = propagation.record_inputs(model, layers, images)  # whole batch
     relevance = _relprop_linear(layers[-1], inputs[-1], classes)  # (B, D)
     for k in reversed(range(len(layers) - 1)):
         layer, x = layers[k], inputs[k]
         if k == 0 and isinstance(layer, nn.Conv2d):  # the conv that reads the image
             relevance = _relprop_input_conv(layer, x, relevance)  # (B, 3, H, W)
+        elif k in winners:  # the forward's arg-max, not a second pooling
+            relevance = _relprop_maxpool(layer, x, relevance, (inputs[k + 1], winners[k]))
         else:
             relevance = _rule(layer)(layer, x, relevance)
     return relevance.sum(dim=1).detach()  # (B, H, W)
