@@ -2,13 +2,23 @@
 #   make all     # environment, data, every stage, tables and figures (PROFILE=default)
 #   make test    # the test suite
 # PROFILE=smoke|default|voc selects the profile; VOC_ROOT=/path/to/VOCdevkit/VOC2012 uses
-# real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc).
+# real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc);
+# SEEDS="0 1 2" repeats the compression grid; JOBS=n runs n grid runs at a time.
 
 PROFILE ?= default
 SEED ?= 0
 VOC_ROOT ?=
 TEACHER_WEIGHTS ?=
 PYTHON ?= python3
+# Runs of the compression grid execute side by side: JOBS at a time, each with THREADS torch
+# threads (small networks use two cores poorly, two runs use them well). One job on a GPU.
+NCPU := $(shell nproc 2>/dev/null || echo 1)
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+JOBS ?= $(if $(GPU),1,$(shell echo $$(( $(NCPU) < 8 ? $(NCPU) : 8 ))))
+JOBS := $(JOBS)
+THREADS ?= $(shell echo $$(( $(NCPU) / $(JOBS) > 0 ? $(NCPU) / $(JOBS) : 1 )))
+THREADS := $(THREADS)
+MAKEFLAGS += -j$(JOBS)
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,10 +30,11 @@ DATA_ROOT := $(if $(VOC_ROOT),$(VOC_ROOT),$(SYNTH_ROOT)/VOCdevkit/VOC2012)
 DATA_STAMP := $(if $(VOC_ROOT),$(VOC_ROOT)/ImageSets/Main/train.txt,$(DATA_ROOT)/synthvoc.json)
 PAPERMILL := $(PY) -m papermill --log-output --no-progress-bar
 
-# Execute notebook $(1) into $(2) with papermill; the executed copy appears only on success.
+# Execute notebook $(1) into $(2) with papermill (parameters $(3), environment $(4)); the
+# executed copy appears only on success.
 define run_notebook
 	@mkdir -p $(dir $(2))
-	$(PAPERMILL) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
+	$(4) $(PAPERMILL) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
 	@mv $(dir $(2)).partial-$(notdir $(2)) $(2)
 endef
 
@@ -68,6 +79,9 @@ PAPER_NB := $(RUNS)/paper/06_paper.ipynb
 COMMON = -p profile $(PROFILE) -p data_root $(DATA_ROOT)
 # words of a run name such as x2-swa-s0 or p0.3-naive-s1
 word_of = $(word $(1),$(subst -, ,$(2)))
+# The grid's runs get THREADS threads however they are started (the same seed gives the same
+# numbers only at the same thread count); the teacher, evaluation and paper use every core.
+GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 
 .PHONY: all venv data teacher distill prune prune-oneshot prune-iterative evaluate paper bench \
 	test test-slow lint lab clean clean-runs help
@@ -75,7 +89,7 @@ word_of = $(word $(1),$(subst -, ,$(2)))
 all: paper
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -98,16 +112,16 @@ $(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_STAMP) | $(S
 
 distill: $(DISTILL_NBS)
 $(RUNS)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(TEACHER_NB)
-	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)))
+	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
 
 prune: prune-oneshot prune-iterative
 prune-oneshot: $(ONESHOT_NBS)
 $(RUNS)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(TEACHER_NB)
-	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)))
+	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
 
 prune-iterative: $(ITERATIVE_NBS)
 $(RUNS)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(TEACHER_NB)
-	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)))
+	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)),$(GRID_ENV))
 
 # Every finished model of the profile: the teacher, students, pruned networks, iterations.
 evaluate: $(EVAL_NB)

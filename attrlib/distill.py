@@ -209,4 +209,7 @@ class CompressionObjective:
         s_maps = map_fn(s_feature, s_logits, classes, create_graph=True)  # (B, h, w)
         match = matching_loss(s_maps, t_maps.detach())
         logs["match"] = match.detach()
+        # A student map that is zero everywhere (SWA's ReLU of a negative weighted sum) gets
+        # no gradient from the matching term: the share of such maps says whether it acts.
+        logs["dead_maps"] = (s_maps.detach().flatten(1).amax(dim=1) <= 0).float().mean()
         return base + self.matching_lambda * match, logs

@@ -15,7 +15,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write through a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,15 +37,15 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
-    return _atomic(path, write)
+    return write_atomic(path, write)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: tmp.write_text(text))
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_torch_atomic(path: str | Path, obj: Any) -> Path:
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def as_stored(obj: Any) -> Any:

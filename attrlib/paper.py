@@ -14,9 +14,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
+from attrlib.engine import load_model
+from attrlib.evaluate import image_maps
 from attrlib.io import write_text_atomic
+from attrlib.plots import attribution_grid, figure_pixels, save_animation
 
 STAGES = ("teacher", "distill", "prune_oneshot", "prune_iterative")
 ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap")
@@ -306,3 +310,91 @@ def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
             suffix = "" if key is None else f" ({key.replace('_div', '')} {run[key]})"
             chosen[f"{run['method']}{suffix}"] = run["run"]
     return chosen
+
+
+def showcase_pair(teacher: torch.nn.Module, dataset) -> tuple[int, int]:
+    """(image index, class) shown in the qualitative figures: the first image with a
+    ground-truth class the teacher predicts, and its most confident such class.
+
+    A fixed rule, not a search for pretty maps: the first scored pair of the evaluation. A
+    teacher that predicts none (an undertrained one) gets the first image's most confident
+    ground-truth class.
+    """
+    fallback = None
+    for index in range(len(dataset)):
+        image, labels = dataset[index][:2]
+        if not labels.any():
+            continue
+        with torch.no_grad():
+            logits = teacher.eval()(image[None])[0]  # (K,)
+        scores = torch.where(labels > 0, logits, torch.full_like(logits, -torch.inf))
+        if scores.max() > 0:
+            return index, int(scores.argmax())
+        fallback = fallback or (index, int(scores.argmax()))
+    if fallback is None:
+        raise ValueError("no image of the data set has a ground-truth class")
+    return fallback
+
+
+def schedule_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The iterative-pruning runs of the first seed: (runs, sparsity).
+
+    `runs` has one row per iteration and one column per matching method (run folders);
+    `sparsity` the conv-weight sparsity per iteration (the schedule is the same for all).
+    """
+    rows = frame[frame["stage"] == "prune_iterative"]
+    if rows.empty:
+        raise FileNotFoundError("no iterative-pruning runs among the evaluated models")
+    rows = rows[rows["seed"] == rows["seed"].min()].astype({"iteration": int})
+    runs = rows.pivot(index="iteration", columns="method", values="run").sort_index()
+    return runs, rows.groupby("iteration")["sparsity"].mean()
+
+
+def schedule_animation(
+    runs_dir: str | Path,
+    frame: pd.DataFrame,
+    image: torch.Tensor,
+    target: int,
+    methods: Sequence[str],
+    path: str | Path,
+    seconds_per_frame: float = 1.0,
+) -> Path:
+    """GIF of one image's maps through the iterative-pruning schedule, naive beside matching.
+
+    Frame 0 shows the unpruned network (the reference every schedule starts from), frame k
+    the networks after iteration k: one row per matching method, one column per attribution
+    method, maps normalised per model and method as in the evaluation.
+
+    Args:
+        frame: `collect(runs_dir)`; image (3, H, W) normalised; target its class index.
+    """
+    runs_dir = Path(runs_dir)
+    runs, sparsity = schedule_runs(frame)
+    reference = frame.loc[frame["stage"] == "teacher", "run"]
+    if reference.empty:
+        raise FileNotFoundError(f"no evaluated teacher under {runs_dir}")
+    teacher, checkpoint = load_model(runs_dir / reference.iloc[0] / "best.pt")
+    classes = tuple(checkpoint["classes"])
+    unpruned = image_maps({"teacher": teacher}, image, target, methods)["teacher"]
+    frames = [
+        _grid_pixels(
+            image,
+            {label: unpruned for label in runs.columns},
+            "iteration 0 · sparsity 0 % (the unpruned network)",
+        )
+    ]
+    for iteration, row in runs.iterrows():
+        models = {
+            label: load_model(runs_dir / run / "best.pt", classes=classes)[0]
+            for label, run in row.items()
+        }
+        title = f"iteration {iteration} · sparsity {sparsity[iteration]:.0%}"
+        frames.append(_grid_pixels(image, image_maps(models, image, target, methods), title))
+    return save_animation(frames, path, seconds_per_frame)
+
+
+def _grid_pixels(image: torch.Tensor, maps: dict, title: str) -> np.ndarray:
+    fig = attribution_grid(image, maps, title=title)
+    pixels = figure_pixels(fig)
+    plt.close(fig)  # frames are not shown one by one in the notebook
+    return pixels

@@ -1,4 +1,4 @@
-"""Figures shared by the notebooks: training curves, data samples, attribution grids."""
+"""Figures shared by the notebooks: training curves, data samples, attribution grids, GIFs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from attrlib.data import MEAN, STD
+from attrlib.io import write_atomic
 
 
 def denormalize(images: torch.Tensor) -> np.ndarray:
@@ -23,7 +24,8 @@ def plot_history(history: Sequence[dict], title: str = "") -> plt.Figure:
     """Training loss and validation mAP per epoch, side by side."""
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in sorted(k for k in history[0] if k.startswith("train_")):
+    shares = {"train_dead_maps": "train: student maps all zero"}  # fractions: drawn on the 0-1 axis
+    for key in sorted(k for k in history[0] if k.startswith("train_") and k not in shares):
         ax_loss.plot(
             epochs, [r[key] for r in history], marker="o", label=key.removeprefix("train_")
         )
@@ -32,7 +34,10 @@ def plot_history(history: Sequence[dict], title: str = "") -> plt.Figure:
     ax_loss.legend(fontsize=8)
     for key, label in (("val_map_class", "class mAP"), ("val_map_sample", "per-sample mAP")):
         ax_map.plot(epochs, [r[key] for r in history], marker="o", label=label)
-    ax_map.set(xlabel="epoch", ylabel="mAP", ylim=(0, 1), title="validation")
+    for key, label in shares.items():
+        if key in history[0]:
+            ax_map.plot(epochs, [r[key] for r in history], ls=":", color="k", label=label)
+    ax_map.set(xlabel="epoch", ylabel="mAP / share", ylim=(0, 1), title="validation")
     ax_map.legend(fontsize=8)
     if title:
         fig.suptitle(title)
@@ -69,6 +74,28 @@ def save_figure(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("pn
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         fig.savefig(path.with_suffix(f".{fmt}"), dpi=150, bbox_inches="tight")
+
+
+def figure_pixels(fig: plt.Figure) -> np.ndarray:
+    """(H, W, 3) uint8 RGB rendering of `fig` at its own size: one frame of an animation."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_animation(
+    frames: Sequence[np.ndarray], path: str | Path, seconds_per_frame: float = 1.0
+) -> Path:
+    """Write equal-sized (H, W, 3) uint8 frames to `path` as a looping GIF (atomically)."""
+    import imageio.v3 as iio
+
+    shapes = {frame.shape for frame in frames}
+    if not frames or len(shapes) != 1:
+        raise ValueError(f"need at least one frame, all of one shape; got shapes {shapes}")
+    stack = np.stack(frames)  # (T, H, W, 3)
+    duration = round(1000 * seconds_per_frame)  # milliseconds per frame
+    return write_atomic(
+        path, lambda tmp: iio.imwrite(tmp, stack, extension=".gif", duration=duration, loop=0)
+    )
 
 
 def attribution_grid(

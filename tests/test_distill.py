@@ -146,3 +146,24 @@ def test_bad_distill_configs_rejected():
         DistillConfig(matching="swa", drop_fraction=1.5)
     with pytest.raises(KeyError, match="unknown matching loss 'foo'"):
         CompressionObjective(vgg16_bn_voc(16, 3, 32), "foo")
+
+
+def test_dead_student_maps_are_counted_and_get_no_matching_gradient():
+    """A student SWA map that is zero everywhere receives no gradient from the matching term;
+    `dead_maps` reports the share of such maps in the batch."""
+    teacher, student, images = _pair()
+    labels = torch.zeros(4, 6)
+    objective = CompressionObjective(teacher, "swa", 100.0, kd=True)
+    _, logs = objective(student, images, labels)
+    assert 0.0 <= float(logs["dead_maps"]) < 1.0  # a random student has live maps
+    with torch.no_grad():  # a head that ignores the feature: every weight w_k = 0, map = 0
+        student.classifier[-1].weight.zero_()
+    _, logs = objective(student, images, labels)
+    assert float(logs["dead_maps"]) == 1.0
+
+    dead = torch.zeros(4, 2, 3, 3, requires_grad=True)  # feature whose map is ReLU(0) = 0
+    maps = F.relu(-(dead + 1).sum(1))  # (4, 3, 3) all zero, graph through a ReLU
+    loss = matching_loss(maps, torch.rand(4, 3, 3))
+    (grad,) = torch.autograd.grad(loss, dead)
+    assert torch.count_nonzero(grad) == 0
+    assert loss.item() == pytest.approx(1 / 9)  # mean of a unit vector squared over 3x3

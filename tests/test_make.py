@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,3 +60,40 @@ def test_voc_profile_needs_a_real_tree(tmp_path):
     )
     assert out.returncode != 0
     assert "ImageSets/Main/train.txt" in out.stderr
+
+
+def test_grid_runs_get_their_thread_share(tmp_path):
+    """Grid runs execute side by side with THREADS torch threads each; the teacher keeps all."""
+    stamp = tmp_path / "data" / "VOCdevkit" / "VOC2012" / "synthvoc.json"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("{}")
+    log = tmp_path / "threads.log"
+    fake = tmp_path / "python"  # stands in for papermill: logs its thread setting, writes OUT
+    fake.write_text(
+        f'#!/bin/sh\necho "$5 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$6"\n'
+    )
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MAKEFLAGS")}
+    subprocess.run(
+        [
+            "make",
+            "distill",
+            "PROFILE=smoke",
+            f"PY={fake}",
+            f"RUNS={tmp_path}/runs",
+            f"SYNTH_ROOT={tmp_path}/data",
+            "JOBS=2",
+            "THREADS=1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = sorted(log.read_text().splitlines())
+    assert lines == [
+        "notebooks/01_teacher.ipynb threads=unset",
+        "notebooks/02_distill.ipynb threads=1",
+        "notebooks/02_distill.ipynb threads=1",
+    ]

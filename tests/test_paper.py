@@ -1,8 +1,10 @@
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from attrlib.paper import (
     collect,
@@ -11,8 +13,11 @@ from attrlib.paper import (
     method_label,
     paired_tests,
     save_table,
+    schedule_runs,
+    showcase_pair,
     summary_text,
 )
+from attrlib.plots import figure_pixels, save_animation
 
 
 def _run(root, rel, config, auc_shift, seed):
@@ -95,3 +100,74 @@ def test_paired_tests_and_summary_call_real_differences(runs):
     text = summary_text(one_seed, tests[tests["seed"] == 0])
     assert "gradcam pointing +0.000 (one seed, untested)" in text
     assert "gradcam auc +0.100 (better)" in text
+
+
+def test_schedule_runs_pivot_iterations_by_method():
+    frame = pd.DataFrame(
+        {
+            "stage": ["teacher"] + ["prune_iterative"] * 6,
+            "run": ["teacher"]
+            + [
+                f"prune_iterative/{m}-s{s}/iter_0{i}"
+                for m, s, i in [
+                    ("naive", 0, 2),
+                    ("naive", 0, 1),
+                    ("swa", 0, 1),
+                    ("swa", 0, 2),
+                    ("swa", 1, 1),
+                    ("swa", 1, 2),
+                ]
+            ],
+            "method": ["teacher", "naive", "naive", "SWA", "SWA", "SWA", "SWA"],
+            "seed": [0, 0, 0, 0, 0, 1, 1],
+            "iteration": [np.nan, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0],
+            "sparsity": [0.0, 0.36, 0.2, 0.2, 0.36, 0.2, 0.36],
+        }
+    )
+    runs, sparsity = schedule_runs(frame)
+    assert list(runs.index) == [1, 2] and list(runs.columns) == ["SWA", "naive"]
+    assert runs.loc[2, "naive"] == "prune_iterative/naive-s0/iter_02"
+    assert runs.loc[1, "SWA"] == "prune_iterative/swa-s0/iter_01"  # first seed only
+    assert sparsity.to_dict() == pytest.approx({1: 0.2, 2: 0.36})
+    with pytest.raises(FileNotFoundError, match="iterative"):
+        schedule_runs(frame[frame["stage"] == "teacher"])
+
+
+class _Fixed(torch.nn.Module):
+    """A 'teacher' whose logits are fixed per image: the image's mean selects them."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.tensor(table, dtype=torch.float32)
+
+    def forward(self, images):
+        return self.table[images.mean(dim=(1, 2, 3)).round().long()]
+
+
+def test_showcase_pair_is_the_first_predicted_ground_truth_class():
+    logits = [[-1.0, 2.0, 3.0], [4.0, 1.0, 5.0], [1.0, 9.0, 2.0]]
+    images = [torch.full((3, 4, 4), float(i)) for i in range(3)]
+    labels = [torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 1, 0]), torch.tensor([0.0, 1, 1])]
+    data = list(zip(images, labels, strict=True))
+    # image 0: its only class is not predicted; image 1: both are, class 0 more confidently
+    assert showcase_pair(_Fixed(logits), data) == (1, 0)
+    # nothing predicted: the first image's most confident ground-truth class
+    assert showcase_pair(_Fixed(logits), data[:1]) == (0, 0)
+    with pytest.raises(ValueError, match="no image"):
+        showcase_pair(_Fixed(logits), [(images[0], torch.zeros(3))])
+
+
+def test_save_animation_writes_every_frame(tmp_path):
+    import imageio.v3 as iio
+
+    fig = plt.figure(figsize=(2, 1))
+    first = figure_pixels(fig)
+    plt.close(fig)
+    frames = [first, 255 - first, first]
+    path = save_animation(frames, tmp_path / "anim.gif", seconds_per_frame=0.5)
+    back = iio.imread(path, index=None)
+    assert back.shape[0] == 3 and back.shape[1:3] == first.shape[:2]
+    assert not (back[0] == back[1]).all()
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
+    with pytest.raises(ValueError, match="one shape"):
+        save_animation([first, first[:-1]], tmp_path / "bad.gif")

@@ -35,6 +35,7 @@ def test_make_all_smoke_builds_every_artefact(tmp_path):
         "paper/unstructured_auc.png",
         "paper/qualitative.pdf",
         "paper/summary.md",
+        "paper/iterative_maps.gif",
     ]
     missing = [p for p in expected if not (runs / p).exists()]
     assert not missing, missing
