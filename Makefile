@@ -95,7 +95,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lab]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
 data: $(DATA_STAMP)
@@ -147,8 +147,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check attrlib tests benchmarks
 	$(PY) -m ruff format --check attrlib tests benchmarks
 
-lab: $(STAMP)
+# JupyterLab only when asked for: the batch run needs papermill and a kernel, not the editor.
+lab: $(VENV)/.installed-lab
 	$(VENV)/bin/jupyter lab notebooks
+$(VENV)/.installed-lab: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lab]'
+	@touch $@
 
 # Removes caches and generated data; finished runs stay (see clean-runs).
 clean:

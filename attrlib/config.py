@@ -109,7 +109,7 @@ PROFILES: dict[str, Profile] = {
             weight_decay=5e-4,
         ),
         distill=Recipe(
-            epochs=15,
+            epochs=13,
             batch_size=64,
             lr=2e-3,
             optimizer="adamw",
