@@ -3,7 +3,8 @@
 #   make test    # the test suite
 # PROFILE=smoke|default|voc selects the profile; VOC_ROOT=/path/to/VOCdevkit/VOC2012 uses
 # real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc);
-# SEEDS="0 1 2" repeats the compression grid; JOBS=n runs n grid runs at a time.
+# SEEDS="0 1 2" repeats the compression grid (DISTILL_SEEDS, PRUNE_SEEDS: one stage's);
+# JOBS=n runs n grid runs at a time.
 
 PROFILE ?= default
 SEED ?= 0
@@ -71,9 +72,12 @@ MATCH_sswa := -p matching swa -p drop_fraction 0.3
 
 TEACHER_NB := $(RUNS)/teacher/01_teacher.ipynb
 TEACHER_CKPT := $(RUNS)/teacher/best.pt
-DISTILL_NBS := $(foreach s,$(SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(RUNS)/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
-ONESHOT_NBS := $(foreach s,$(SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(RUNS)/prune_oneshot/p$(r)-$(m)-s$(s)/03_prune_oneshot.ipynb)))
-ITERATIVE_NBS := $(foreach s,$(SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(RUNS)/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
+# Seeds per stage (default SEEDS): e.g. PRUNE_SEEDS="0 1 2" repeats only the pruning grids.
+DISTILL_SEEDS ?= $(SEEDS)
+PRUNE_SEEDS ?= $(SEEDS)
+DISTILL_NBS := $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(RUNS)/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
+ONESHOT_NBS := $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(RUNS)/prune_oneshot/p$(r)-$(m)-s$(s)/03_prune_oneshot.ipynb)))
+ITERATIVE_NBS := $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(RUNS)/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
 EVAL_NB := $(RUNS)/evaluate/05_evaluate.ipynb
 PAPER_NB := $(RUNS)/paper/06_paper.ipynb
 COMMON = -p profile $(PROFILE) -p data_root $(DATA_ROOT)
@@ -89,7 +93,7 @@ GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 all: paper
 
 help:
-	@sed -n '1,7p' Makefile
+	@sed -n '1,8p' Makefile
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml

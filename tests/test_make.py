@@ -97,3 +97,15 @@ def test_grid_runs_get_their_thread_share(tmp_path):
         "notebooks/02_distill.ipynb threads=1",
         "notebooks/02_distill.ipynb threads=1",
     ]
+
+
+def test_stage_seeds_repeat_only_that_stage(tmp_path):
+    text = _dry_run(
+        "all",
+        "PROFILE=smoke",
+        "PRUNE_SEEDS=0 1",
+        f"RUNS={tmp_path}/runs",
+        f"SYNTH_ROOT={tmp_path}/data",
+    )
+    assert "prune_oneshot/p0.5-swa-s1/" in text and "prune_iterative/naive-s1/" in text
+    assert "distill/x2-kd-s0/" in text and "distill/x2-kd-s1/" not in text
