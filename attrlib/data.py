@@ -244,7 +244,8 @@ class VOCLocalization(Dataset):
 
     The image is resized to S x S bilinear (aspect not kept, as the authors), the mask
     nearest-neighbour; mask values are 0 background, k+1 class k, 255 void (int64).
-    Labels come from the XML annotation, like VOCClassification's.
+    Labels come from the XML annotation, like VOCClassification's. With `cache=True` each
+    resized item is kept after its first access and returned again (do not modify it in place).
     """
 
     def __init__(
@@ -272,6 +273,8 @@ class VOCLocalization(Dataset):
         self.labels = torch.stack([parse_labels(p, self.classes) for p in xml_paths])  # (N, K)
         self.transform = eval_transform(size)
         self.cache = cache
+        # resized items, not decoded files: the transform is deterministic, and an evaluation
+        # reads the same images once per model and method
         self._items: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.ids)
 
     def __len__(self) -> int:
@@ -279,23 +282,22 @@ class VOCLocalization(Dataset):
 
     def raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded image uint8 (3, H, W) and mask uint8 (1, H, W), sizes checked."""
-        item = self._items[index]
-        if item is None:
-            image = read_image(self.image_paths[index])  # (3, H, W)
-            mask = read_mask(self.mask_paths[index])  # (1, H, W)
-            if mask.shape[-2:] != image.shape[-2:]:
-                raise ValueError(
-                    f"{self.mask_paths[index]}: mask size {tuple(mask.shape[-2:])} (H, W) does "
-                    f"not match image {self.image_paths[index]} size {tuple(image.shape[-2:])}"
-                )
-            item = (image, mask)
-            if self.cache:
-                self._items[index] = item
-        return item
+        image = read_image(self.image_paths[index])  # (3, H, W)
+        mask = read_mask(self.mask_paths[index])  # (1, H, W)
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(
+                f"{self.mask_paths[index]}: mask size {tuple(mask.shape[-2:])} (H, W) does "
+                f"not match image {self.image_paths[index]} size {tuple(image.shape[-2:])}"
+            )
+        return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image, mask = self.raw(index)
-        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        image = image.as_subclass(torch.Tensor)  # (3, S, S) float
-        mask = mask.as_subclass(torch.Tensor)[0].long()  # (S, S)
+        item = self._items[index]
+        if item is None:
+            image, mask = self.raw(index)
+            image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            item = (image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)[0].long())
+            if self.cache:
+                self._items[index] = item  # (3, S, S) float, (S, S) int64
+        image, mask = item
         return image, self.labels[index], mask

@@ -263,3 +263,14 @@ def test_localization_errors_name_the_file(tiny_voc_tree: Path) -> None:
         VOCLocalization(voc, "val")
     with pytest.raises(FileNotFoundError, match=r"ImageSets/Segmentation/test\.txt"):
         VOCLocalization(voc, "test")
+
+
+def test_localization_cache_keeps_resized_items(tiny_voc_tree: Path) -> None:
+    cached = VOCLocalization(tiny_voc_tree, "val", size=40)
+    uncached = VOCLocalization(tiny_voc_tree, "val", size=40, cache=False)
+    first = cached[0]
+    (tiny_voc_tree / "JPEGImages" / f"{cached.ids[0]}.jpg").unlink()  # the disk copy is gone
+    again = cached[0]
+    assert again[0] is first[0] and torch.equal(again[2], first[2])  # served from memory
+    with pytest.raises(ValueError, match="cannot decode image"):  # read from disk each time
+        uncached[0]
