@@ -148,7 +148,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check attrlib tests benchmarks
+	$(PY) -m ruff check attrlib tests benchmarks notebooks
 	$(PY) -m ruff format --check attrlib tests benchmarks
 
 # JupyterLab only when asked for: the batch run needs papermill and a kernel, not the editor.

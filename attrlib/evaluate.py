@@ -76,6 +76,21 @@ def select_pairs(
     return rows[keep], classes[keep]
 
 
+def trunk_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's prediction pass: the attribution feature (B, C, h, w) and logits (B, K).
+
+    The trunk runs once per batch: its feature gives the logits (`model(x)` is
+    `head(forward_features(x))`) and is where Grad-CAM and EBP start. It convolves the
+    images laid out channels-last, the layout oneDNN and cuDNN convolve fastest in (on this
+    CPU ~1.5x for the default teacher at batch 32). The images themselves keep their layout:
+    LRP and RAP run their own forward from them, and RAP's propagation is slower channels-last.
+    """
+    with torch.no_grad(), eval_mode(model):
+        feature = model.forward_features(images.contiguous(memory_format=torch.channels_last))
+        logits = model.head(feature)  # (B, K)
+    return feature, logits
+
+
 class ReferenceMaps:
     """The reference (teacher) network's normalised maps, each computed once.
 
@@ -137,11 +152,7 @@ def localization_table(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for images, labels, masks in tqdm(loader, desc="localization", disable=not progress):
         images, labels, masks = images.to(device), labels.to(device), masks.to(device)
-        with torch.no_grad(), eval_mode(model):
-            # the trunk runs once per batch: its feature gives the logits (model(x) is
-            # head(forward_features(x))) and is the start of the layer methods' maps
-            feature = model.forward_features(images)  # (B, C, h, w)
-            logits = model.head(feature)  # (B, K)
+        feature, logits = trunk_forward(model, images)  # (B, C, h, w), (B, K)
         counts["pairs_gt"] += int((labels > 0).sum())
         counts["pairs_predicted"] += int(((labels > 0) & (logits > 0)).sum())
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)

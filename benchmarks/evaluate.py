@@ -97,7 +97,7 @@ from attrlib.attribution import attribute, upsample
 from attrlib.attribution.ebp import ebp_composite
 from attrlib.data import VOID, VOCLocalization, load_classes
 from attrlib.engine import load_model
-from attrlib.evaluate import DEFAULT_METHODS, localization_table, select_pairs
+from attrlib.evaluate import DEFAULT_METHODS, localization_table, select_pairs, trunk_forward
 from attrlib.io import write_json_atomic
 from attrlib.models import eval_mode, vgg16_bn_voc
 
@@ -419,9 +419,7 @@ def batched_maps(
     """
     offset = 0
     for images, labels, masks in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        with torch.no_grad(), eval_mode(model):
-            feature = model.forward_features(images)  # (B, C, h, w)
-            logits = model.head(feature)  # (B, K)
+        feature, logits = trunk_forward(model, images)  # (B, C, h, w), (B, K)
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)
         segmentation = masks.numpy()  # (B, S, S)
         for method in methods if len(rows) else []:

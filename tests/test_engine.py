@@ -11,6 +11,7 @@ from attrlib.engine import (
     load_checkpoint,
     load_model,
     multilabel_objective,
+    predict,
 )
 from attrlib.models import vgg16_bn_voc
 
@@ -46,6 +47,18 @@ def _run(out_dir, recipe=RECIPE, seed=0, **kw):
         **kw,
     )
     return model, metrics
+
+
+def test_predict_returns_every_row_in_order_in_eval_mode():
+    torch.manual_seed(0)
+    model = vgg16_bn_voc(16, num_classes=3, input_size=32).train()
+    data = _data(20, 0)
+    logits, labels = predict(model, data, torch.device("cpu"), batch_size=8)
+    assert model.training  # restored
+    assert torch.equal(labels, data.tensors[1])
+    with torch.no_grad():
+        expected = model.eval()(data.tensors[0])  # NCHW; predict convolves channels-last
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fit_writes_checkpoints_and_metrics(tmp_path):
