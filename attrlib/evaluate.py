@@ -14,7 +14,9 @@ per method and batch, and metrics computed for the whole batch on the device.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -238,6 +240,21 @@ def summary_frame(summaries: Sequence[dict]) -> pd.DataFrame:
             row.update({f"{method} {metric}": value for metric, value in scores.items()})
         rows.append(row)
     return pd.DataFrame(rows).set_index("checkpoint")
+
+
+def checkpoint_labels(checkpoints: Sequence[str]) -> list[str]:
+    """Short unique names of checkpoints: each one's folder relative to their common folder.
+
+    `runs/default/prune_iterative/swa-s0/iter_08/best.pt` among other runs of the profile is
+    `prune_iterative/swa-s0/iter_08` (the folder name alone, `iter_08`, is not unique).
+    """
+    folders = [Path(c).resolve().parent for c in checkpoints]
+    if len(set(folders)) < len(folders):
+        raise ValueError(f"two checkpoints share a folder: {list(checkpoints)}")
+    if len(folders) == 1:
+        return [folders[0].name]
+    common = Path(os.path.commonpath(folders))
+    return [str(f.relative_to(common)) if f != common else f.name for f in folders]
 
 
 def image_maps(

@@ -19,7 +19,8 @@ from zennit.rules import AlphaBeta, Pass
 from zennit.types import Activation, BatchNorm, Convolution
 
 from attrlib.attribution import FEATURE_METHODS, METHODS, attribute
-from attrlib.models import vgg16_bn_voc
+
+from nets import random_vgg
 
 # 56 px: attribution layer 3x3; the 7->3 and 3->1 max-pools drop a row and a column, as the
 # 227->113 pool does at full size.
@@ -30,21 +31,7 @@ EPS = 1e-6  # zennit's stabilizer, added to the non-negative denominators
 
 def tiny_model(seed: int = 0) -> nn.Module:
     """A width/16 VGG16-BN with random weights, biases and batch-norm statistics."""
-    torch.manual_seed(seed)
-    model = vgg16_bn_voc(width_div=16, num_classes=NUM_CLASSES, input_size=SIZE)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.bias.normal_(0.0, 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(-0.5, 1.5)  # some negative scales: the merge must flip signs
-                m.bias.normal_(0.0, 0.2)
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 0.3)
-                m.bias.normal_(0.0, 0.1)
-    return model
+    return random_vgg(NUM_CLASSES, SIZE, seed)
 
 
 def batch(n: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,8 @@ from attrlib.data import VOCLocalization, load_classes
 from attrlib.evaluate import localization_table
 from attrlib.models import eval_mode, vgg16_bn_voc
 
+from nets import random_vgg
+
 pytest.importorskip("sklearn")
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate.py"
@@ -107,20 +109,7 @@ def test_compare_tables_rejects_different_scores(tiny_setup) -> None:
 
 def random_model() -> nn.Module:
     """A float64 width/16 VGG at 48 px (3x3 attribution layer) with random BN and biases."""
-    torch.manual_seed(3)
-    model = vgg16_bn_voc(width_div=16, num_classes=5, input_size=48)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.bias.normal_(0.0, 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(-0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 0.3)
-    return model.double().eval()
+    return random_vgg(num_classes=5, input_size=48, seed=3).double().eval()
 
 
 def count_calls(module: nn.Module) -> tuple[list[int], object]:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import attrlib.evaluate
 from attrlib.attribution import FEATURE_METHODS, attribute
 from attrlib.data import VOCLocalization, load_classes
-from attrlib.evaluate import DEFAULT_METHODS, localization_table, trunk_forward
+from attrlib.evaluate import (
+    DEFAULT_METHODS,
+    checkpoint_labels,
+    localization_table,
+    trunk_forward,
+)
 from attrlib.models import vgg16_bn_voc
 
 
@@ -73,3 +79,20 @@ def test_table_equals_the_image_path(synth_root: Path, monkeypatch) -> None:
     assert shared[["image", "class", "method"]].equals(recomputed[["image", "class", "method"]])
     assert (shared["auc"] - recomputed["auc"]).abs().max() < 1e-9
     assert shared["pointing"].equals(recomputed["pointing"])
+
+
+def test_checkpoint_labels_are_unique_folders_below_the_common_one(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "default"
+    paths = [
+        runs / "teacher" / "best.pt",
+        runs / "prune_iterative" / "naive-s0" / "iter_08" / "best.pt",
+        runs / "prune_iterative" / "swa-s0" / "iter_08" / "best.pt",
+    ]
+    assert checkpoint_labels([str(p) for p in paths]) == [
+        "teacher",
+        "prune_iterative/naive-s0/iter_08",
+        "prune_iterative/swa-s0/iter_08",
+    ]
+    assert checkpoint_labels([str(paths[1])]) == ["iter_08"]
+    with pytest.raises(ValueError, match="share a folder"):
+        checkpoint_labels([str(paths[0]), str(runs / "teacher" / "last.pt")])

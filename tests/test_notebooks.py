@@ -66,9 +66,9 @@ def test_parameters_match_config_fields(name):
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     expected = {renamed.get(f, f) for f in fields}
     if name == "05_evaluate":
-        expected.add(
-            "out_dir"
-        )  # the folder of the notebook's own figures; eval.json goes beside each model
+        # the notebook's own figures: their folder (eval.json goes beside each model) and
+        # how many models the map grid draws
+        expected |= {"out_dir", "grid_models"}
     assert set(_parameters(name)) == expected
 
 
@@ -155,8 +155,11 @@ def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
         teacher=str(teacher),
         checkpoints=checkpoints,
         batch_size=8,
+        grid_models=2,
         **common,
     )
+    executed = (runs / "evaluate" / "05_evaluate.ipynb").read_text()
+    assert f"drawing 2 of {len(checkpoints)} models" in executed
     for ckpt in checkpoints:
         summary = json.loads((Path(ckpt).parent / "eval.json").read_text())
         assert {"map_class", "map_sample", "f1", "params", "macs", "sparsity"} <= set(summary)

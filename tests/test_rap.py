@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from attrlib.attribution import METHODS, attribute
+from attrlib.attribution.propagation import maxpool
 from attrlib.attribution.rap import (
     _relprop_batchnorm,
     _relprop_conv,
@@ -240,7 +241,8 @@ def test_maxpool_rule_sends_each_window_to_its_argmax():
     torch.manual_seed(5)
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     rel = torch.randn(2, 3, 2, 2, dtype=torch.float64)
-    fast = _relprop_maxpool(nn.MaxPool2d(2, 2), x, rel)
+    pool = nn.MaxPool2d(2, 2)
+    fast = _relprop_maxpool(pool, x, rel, *maxpool(pool, x))
     slow = torch.zeros_like(x)
     for b in range(2):
         for c in range(3):

@@ -199,15 +199,16 @@ def _relprop_maxpool(
     pool: nn.MaxPool2d,
     x: torch.Tensor,
     relevance: torch.Tensor,
-    pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
+    z: torch.Tensor,
+    winners: torch.Tensor,
 ) -> torch.Tensor:
     """MaxPool: winner takes all (official `RelPropSimple`: R_i = x_i * d z/d x_i * R / z).
 
     Each window's relevance goes to its arg-max input (the one autograd routes to, through
-    the same backward kernel); windows whose max is 0 pass nothing on. `pooled` is the pool's
-    (output, arg-max) from the forward pass (`propagation.record_inputs`), recomputed if None.
+    the same backward kernel); windows whose max is 0 pass nothing on. `z` and `winners` are
+    the pool's output and arg-max from the forward pass (`propagation.record_inputs`): the
+    routing is the forward's, not that of a second pooling.
     """
-    z, winners = pooled if pooled is not None else propagation.maxpool(pool, x)
     grad = propagation.unpool(pool, x, _safe_div(relevance, z), winners)  # (B, C, H, W)
     return x * grad  # R at each window's arg-max (x = z there), 0 elsewhere
 
@@ -222,10 +223,10 @@ def _relprop_flatten(layer: nn.Module, x: torch.Tensor, relevance: torch.Tensor)
     return relevance.reshape(x.shape)
 
 
+# max-pools are not here: their rule also takes the forward's output and arg-max (see `rap`)
 _RULES: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     nn.Conv2d: _relprop_conv,
     nn.BatchNorm2d: _relprop_batchnorm,
-    nn.MaxPool2d: _relprop_maxpool,
     nn.ReLU: _relprop_identity,
     nn.Dropout: _relprop_identity,
     nn.Flatten: _relprop_flatten,
@@ -278,8 +279,8 @@ def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
         layer, x = layers[k], inputs[k]
         if k == 0 and isinstance(layer, nn.Conv2d):  # the conv that reads the image
             relevance = _relprop_input_conv(layer, x, relevance)  # (B, 3, H, W)
-        elif k in winners:  # the forward's arg-max, not a second pooling
-            relevance = _relprop_maxpool(layer, x, relevance, (inputs[k + 1], winners[k]))
+        elif isinstance(layer, nn.MaxPool2d):
+            relevance = _relprop_maxpool(layer, x, relevance, inputs[k + 1], winners[k])
         else:
             relevance = _rule(layer)(layer, x, relevance)
     return relevance.sum(dim=1).detach()  # (B, H, W)
