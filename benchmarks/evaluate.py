@@ -59,6 +59,9 @@ What differs in cost from theirs, each difference in their favour unless said ot
 - Pointing: a NumPy arg-max on the map; theirs builds a Python list of the mask's pixel
   coordinates per class and searches it (and, a bug, keeps the pixels of the image's earlier
   classes in that list, so a peak on another ground-truth object counts as a hit).
+- Against them: the batched prediction pass (`trunk_forward`) convolves channels-last, the
+  layout oneDNN is fastest in; theirs stays NCHW, as their code does (at batch 1 on this CPU,
+  channels-last measured no faster).
 - No `cv2.resize` of layer maps (upsampled inside `attribute`); pairs with an empty or full
   mask are mapped but not scored (theirs: a NaN AUC from scikit-learn, with a warning).
 CPU times depend on the load: with another process on the cores, pass `--threads 1` (two
