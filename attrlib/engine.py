@@ -97,7 +97,7 @@ def predict(
     logits, labels = [], []
     with eval_mode(model):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            # channels-last on every device: oneDNN convolves it ~2x faster than NCHW at
+            # channels-last on every device: oneDNN convolves it up to 2x faster than NCHW at
             # inference on CPU (not in training, whose backward gains little)
             images = batch[0].to(device, non_blocking=True)
             images = images.contiguous(memory_format=torch.channels_last)

@@ -84,7 +84,7 @@ def trunk_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor,
     The trunk runs once per batch: its feature gives the logits (`model(x)` is
     `head(forward_features(x))`) and is where Grad-CAM and EBP start. It convolves the
     images laid out channels-last, the layout oneDNN and cuDNN convolve fastest in (on this
-    CPU ~1.5x for the default teacher at batch 32). The images themselves keep their layout:
+    CPU 1.5-2x for the default teacher at batch 32). The images themselves keep their layout:
     LRP and RAP run their own forward from them, and RAP's propagation is slower channels-last.
     """
     with torch.no_grad(), eval_mode(model):
