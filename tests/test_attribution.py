@@ -18,7 +18,7 @@ from zennit.composites import ExcitationBackprop, LayerMapComposite
 from zennit.rules import AlphaBeta, Pass
 from zennit.types import Activation, BatchNorm, Convolution
 
-from attrlib.attribution import FEATURE_METHODS, METHODS, attribute
+from attrlib.attribution import FEATURE_METHODS, METHODS, attribute, register_layer_method
 
 from nets import random_vgg
 
@@ -129,6 +129,30 @@ def test_wrong_shapes_raise(images: torch.Tensor, classes: torch.Tensor) -> None
 def test_feature_methods_are_registered_methods() -> None:
     assert FEATURE_METHODS.names()
     assert set(FEATURE_METHODS.names()) <= set(METHODS.names())
+
+
+def test_register_layer_method_fills_both_registries() -> None:
+    """One decorated feature-level function is a method of images and of the trunk feature."""
+    calls = []
+
+    @register_layer_method("test_channel_max")
+    def channel_max(model, feature, classes):
+        calls.append(feature.shape)
+        return feature.amax(dim=1)  # (B, h, w)
+
+    try:
+        assert "test_channel_max" in METHODS and "test_channel_max" in FEATURE_METHODS
+        model = tiny_model().eval()
+        images, classes = batch(3)
+        with torch.no_grad():
+            feature = model.forward_features(images)  # (B, C, h, w)
+        from_images = attribute(model, images, classes, "test_channel_max")
+        from_feature = attribute(model, images, classes, "test_channel_max", feature=feature)
+        torch.testing.assert_close(from_images, from_feature, rtol=0, atol=0)
+        assert calls == [feature.shape, feature.shape]  # the images path ran the trunk itself
+        assert from_images.shape == (3, SIZE, SIZE)
+    finally:
+        del METHODS._entries["test_channel_max"], FEATURE_METHODS._entries["test_channel_max"]
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -5,8 +5,8 @@ its natural resolution (the attribution layer or the input); `attribute` upsampl
 to the input size (bilinear, align_corners=False). Maps are returned before min-max
 normalisation (see `attrlib.metrics.normalize_maps`).
 
-Methods that start at the attribution layer (Grad-CAM, EBP) are also entries of
-`FEATURE_METHODS`, `(model, feature (B,C,h,w), classes (B,)) -> maps (B,h,w)`, where `feature`
+Methods that start at the attribution layer (Grad-CAM, EBP; `register_layer_method`) are
+also entries of `FEATURE_METHODS`, `(model, feature (B,C,h,w), classes (B,)) -> maps (B,h,w)`, where `feature`
 is `model.forward_features(images)`: an evaluation that already ran the trunk for the logits
 passes that feature to `attribute` instead of paying for the trunk once more per method.
 """
@@ -26,6 +26,32 @@ AttributionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS: Registry[AttributionFn] = Registry("attribution method")
 # (model, feature (B, C, h, w), classes (B,)) -> maps (B, h, w); a subset of METHODS' names
 FEATURE_METHODS: Registry[AttributionFn] = Registry("feature-level attribution method")
+
+
+def register_layer_method(name: str) -> Callable[[AttributionFn], AttributionFn]:
+    """Register a method that starts at the attribution layer, in both registries.
+
+    The decorated function maps (model, feature (B, C, h, w), classes (B,)) -> (B, h, w) and
+    becomes the `FEATURE_METHODS` entry; the `METHODS` entry runs the trunk without a graph
+    first (nothing below the attribution layer needs a gradient), then calls it.
+    """
+
+    def decorator(from_feature: AttributionFn) -> AttributionFn:
+        def from_images(
+            model: nn.Module, images: torch.Tensor, classes: torch.Tensor
+        ) -> torch.Tensor:
+            with torch.no_grad():
+                feature = model.forward_features(images)  # (B, C, h, w), no graph below
+            return from_feature(model, feature, classes)
+
+        from_images.__name__ = from_images.__qualname__ = f"{from_feature.__name__}_from_images"
+        from_images.__doc__ = f"`{from_feature.__name__}` of images (B, 3, H, W): trunk, then it."
+
+        FEATURE_METHODS.register(name)(from_feature)
+        METHODS.register(name)(from_images)
+        return from_feature
+
+    return decorator
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

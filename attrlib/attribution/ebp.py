@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.composites import ExcitationBackprop
 
-from attrlib.attribution import FEATURE_METHODS, METHODS
+from attrlib.attribution import register_layer_method
 
 STABILIZER = 1e-6  # added to each denominator (zennit's default); the authors' code uses 1e-10
 
@@ -31,18 +31,18 @@ def ebp_composite() -> ExcitationBackprop:
     return ExcitationBackprop(stabilizer=STABILIZER, zero_params=["bias"])
 
 
-@METHODS.register("ebp")
-def ebp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+@register_layer_method("ebp")
+def ebp(model: nn.Module, feature: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Excitation-backprop maps of `classes` at `model.attribution_layer`.
 
-    One forward to the attribution feature (no graph), then one forward of the head and one
-    backward of a one-hot output relevance through it with the excitation rules registered; the
-    relevance arriving at the attribution feature is summed over channels, negatives clipped.
+    One forward of the head from the attribution feature and one backward of a one-hot output
+    relevance through it with the excitation rules registered; the relevance arriving at the
+    attribution feature is summed over channels, negatives clipped.
 
     Args:
-        model: a `VGGVOC` in eval mode (`forward_features`, `head`).
-        images: (B, 3, H, W) normalised images.
-        classes: (B,) int64 target class per row, on the images' device.
+        model: a `VGGVOC` in eval mode (`head`).
+        feature: (B, C, h, w) `model.forward_features(images)`; not modified.
+        classes: (B,) int64 target class per row, on the feature's device.
     Returns:
         (B, h, w) non-negative maps at the attribution layer's resolution (h = H // 16); each
         map sums to 1 (a probability distribution over positions) unless the target logit has
@@ -52,24 +52,6 @@ def ebp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
     Deviations: none from the rule (no bias, positive weights, one-hot prior, winner-take-all
     max-pool); the non-contrastive variant, as in the authors' code. Denominators are
     stabilised by +1e-6 instead of the authors' +1e-10.
-    """
-    with torch.no_grad():
-        feature = model.forward_features(images)  # (B, C, h, w), no graph below this point
-    return ebp_from_feature(model, feature, classes)
-
-
-@FEATURE_METHODS.register("ebp")
-def ebp_from_feature(
-    model: nn.Module, feature: torch.Tensor, classes: torch.Tensor
-) -> torch.Tensor:
-    """Excitation-backprop maps from the attribution feature (see `ebp`).
-
-    Args:
-        model: a `VGGVOC` in eval mode (`head`).
-        feature: (B, C, h, w) `model.forward_features(images)`; not modified.
-        classes: (B,) int64 target class per row, on the feature's device.
-    Returns:
-        (B, h, w) non-negative maps.
     """
     feature = feature.detach().requires_grad_(True)  # a fresh leaf: the graph starts here
     with ebp_composite().context(model):

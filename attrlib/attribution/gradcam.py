@@ -11,22 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrlib.attribution import FEATURE_METHODS, METHODS
+from attrlib.attribution import register_layer_method
 
 
-@METHODS.register("gradcam")
-def gradcam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM maps of `classes` at `model.attribution_layer` (one forward, one head backward).
+@register_layer_method("gradcam")
+def gradcam(model: nn.Module, feature: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM maps of `classes` at `model.attribution_layer`: one head forward and backward.
 
-    The feature is computed without a graph, so the backward pass runs through the head only
-    (last max-pool + dropout + linear): the gradient at the attribution layer needs nothing
-    below it. Equals Captum's `LayerGradCam(model, model.attribution_layer)` with
+    The graph starts at the attribution feature, so the backward pass runs through the head
+    only (last max-pool + dropout + linear): the gradient at the attribution layer needs
+    nothing below it. Equals Captum's `LayerGradCam(model, model.attribution_layer)` with
     `relu_attributions=True` (checked in the tests).
 
     Args:
-        model: a `VGGVOC` in eval mode (`forward_features`, `head`).
-        images: (B, 3, H, W) normalised images.
-        classes: (B,) int64 target class per row, on the images' device.
+        model: a `VGGVOC` in eval mode (`head`).
+        feature: (B, C, h, w) `model.forward_features(images)`; not modified.
+        classes: (B,) int64 target class per row, on the feature's device.
     Returns:
         (B, h, w) non-negative maps at the attribution layer's resolution (h = H // 16).
 
@@ -34,24 +34,6 @@ def gradcam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> to
     Deviation: the authors' code weights channels by the spatial *sum* of the gradient; we use
     the paper's spatial mean. The two differ by the constant h * w per map, which min-max
     normalisation removes.
-    """
-    with torch.no_grad():
-        feature = model.forward_features(images)  # (B, C, h, w), no graph below this point
-    return gradcam_from_feature(model, feature, classes)
-
-
-@FEATURE_METHODS.register("gradcam")
-def gradcam_from_feature(
-    model: nn.Module, feature: torch.Tensor, classes: torch.Tensor
-) -> torch.Tensor:
-    """Grad-CAM maps from the attribution feature: one head forward and backward (see `gradcam`).
-
-    Args:
-        model: a `VGGVOC` in eval mode (`head`).
-        feature: (B, C, h, w) `model.forward_features(images)`; not modified.
-        classes: (B,) int64 target class per row, on the feature's device.
-    Returns:
-        (B, h, w) non-negative maps.
     """
     feature = feature.detach().requires_grad_(True)  # a fresh leaf: the graph starts here
     logits = model.head(feature)  # (B, K)
