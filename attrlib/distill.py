@@ -186,17 +186,19 @@ class CompressionObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.teacher.eval()
         need_grad = self.matching != NO_MATCHING
-        with torch.no_grad():
-            t_feature = self.teacher.forward_features(images)  # (B, C_t, h, w)
         s_feature = student.forward_features(images)  # (B, C_s, h, w)
         s_logits = student.head(s_feature)  # (B, K)
+        if not self.kd:
+            base = F.multilabel_soft_margin_loss(s_logits, labels)
+            if not need_grad:  # plain fine-tuning: the reference plays no part, skip its forward
+                return base, {"ce": base.detach()}
+        with torch.no_grad():
+            t_feature = self.teacher.forward_features(images)  # (B, C_t, h, w)
         with torch.set_grad_enabled(need_grad):
             t_feature = t_feature.requires_grad_(need_grad)
             t_logits = self.teacher.head(t_feature)  # (B, K)
         if self.kd:
             base = kd_loss(s_logits, t_logits.detach(), labels, self.temperature, self.alpha)
-        else:
-            base = F.multilabel_soft_margin_loss(s_logits, labels)
         logs = {"kd" if self.kd else "ce": base.detach()}
         if not need_grad:
             return base, logs

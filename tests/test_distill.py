@@ -124,6 +124,32 @@ def test_objective_step_trains_student_only(matching, kd):
     assert any(not torch.equal(a, b) for a, b in zip(s_before, student.parameters(), strict=False))
 
 
+@pytest.mark.parametrize(
+    ("matching", "kd", "reference_runs"),
+    [
+        ("none", False, False),  # plain fine-tuning: CE alone
+        ("none", True, True),
+        ("swa", False, True),
+    ],
+)
+def test_reference_runs_only_when_its_output_is_used(matching, kd, reference_runs):
+    teacher, student, images = _pair()
+    labels = (torch.rand(4, 6) > 0.5).float()
+    calls = []
+    handle = teacher.features[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        torch.manual_seed(0)
+        loss, logs = CompressionObjective(teacher, matching, 100.0, kd=kd)(student, images, labels)
+    finally:
+        handle.remove()
+    assert bool(calls) == reference_runs
+    if not kd and matching == "none":
+        torch.manual_seed(0)  # the same dropout draw as the objective's student forward
+        expected = F.multilabel_soft_margin_loss(student(images), labels)
+        torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+        assert set(logs) == {"ce"}
+
+
 def test_matching_gradient_reaches_student_through_the_map():
     teacher, student, images = _pair()
     labels = torch.zeros(4, 6)
