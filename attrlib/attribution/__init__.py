@@ -6,9 +6,10 @@ to the input size (bilinear, align_corners=False). Maps are returned before min-
 normalisation (see `attrlib.metrics.normalize_maps`).
 
 Methods that start at the attribution layer (Grad-CAM, EBP; `register_layer_method`) are
-also entries of `FEATURE_METHODS`, `(model, feature (B,C,h,w), classes (B,)) -> maps (B,h,w)`, where `feature`
-is `model.forward_features(images)`: an evaluation that already ran the trunk for the logits
-passes that feature to `attribute` instead of paying for the trunk once more per method.
+also entries of `FEATURE_METHODS`, `(model, feature (B,C,h,w), classes (B,)) -> maps (B,h,w)`,
+where `feature` is `model.forward_features(images)`: an evaluation that already ran the trunk
+for the logits passes that feature to `attribute` instead of paying for the trunk once more
+per method.
 """
 
 from __future__ import annotations
