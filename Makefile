@@ -3,8 +3,9 @@
 #   make test    # the test suite
 # PROFILE=smoke|default|voc selects the profile; VOC_ROOT=/path/to/VOCdevkit/VOC2012 uses
 # real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc);
-# SEEDS="0 1 2" repeats the compression grid (DISTILL_SEEDS, PRUNE_SEEDS: one stage's);
-# JOBS=n runs n grid runs at a time.
+# SEEDS: seeds of every compression setting (default profile 0 1 2, smoke and voc 0;
+# DISTILL_SEEDS, PRUNE_SEEDS: one stage's); JOBS=n runs n grid runs at a time.
+# Wall time per stage: runs/<profile>/timings.csv; `make results` copies the tables into docs/.
 
 PROFILE ?= default
 SEED ?= 0
@@ -31,12 +32,26 @@ DATA_ROOT := $(if $(VOC_ROOT),$(VOC_ROOT),$(SYNTH_ROOT)/VOCdevkit/VOC2012)
 DATA_STAMP := $(if $(VOC_ROOT),$(VOC_ROOT)/ImageSets/Main/train.txt,$(DATA_ROOT)/synthvoc.json)
 PAPERMILL := $(PY) -m papermill --log-output --no-progress-bar
 
+# Wall time per stage: a timed recipe opens with $(call time_start,STAGE) and ends with
+# $(call time_end,STAGE); the paper rule folds the log into $(RUNS)/timings.csv (spans, not
+# sums, over a stage's runs; a resumed run adds up its invocations: see attrlib/timing.py).
+# Plain shell and date, as the venv recipe runs before the venv's python exists; lines this
+# short are appended whole even by parallel jobs.
+TIMINGS_LOG := $(RUNS)/.timings.log
+FOLD_TIMINGS = $(PY) -m attrlib.timing fold $(TIMINGS_LOG) $(RUNS)/timings.csv
+TIMING_RUN := $(shell echo "$$(date +%s)-$$$$")
+time_event = mkdir -p $(RUNS) && echo "$(1) $(2) $$(date +%s.%N) $(TIMING_RUN) $@" >> $(TIMINGS_LOG)
+time_start = $(call time_event,start,$(1))
+time_end = $(call time_event,end,$(1))
+# the stage of a run under $(RUNS): its first folder (distill, prune_oneshot, ...)
+stage_of = $(firstword $(subst /, ,$(patsubst $(RUNS)/%,%,$(1))))
+
 # Execute notebook $(1) into $(2) with papermill (parameters $(3), environment $(4)); the
-# executed copy appears only on success.
+# executed copy appears only on success. Timed as the stage its output folder names.
 define run_notebook
-	@mkdir -p $(dir $(2))
+	@mkdir -p $(dir $(2)) && $(call time_start,$(call stage_of,$(2)))
 	$(4) $(PAPERMILL) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
-	@mv $(dir $(2)).partial-$(notdir $(2)) $(2)
+	@mv $(dir $(2)).partial-$(notdir $(2)) $(2) && $(call time_end,$(call stage_of,$(2)))
 endef
 
 # The study's grid per profile (run names: distill/x<width>-<method>-s<seed>,
@@ -56,7 +71,7 @@ PRUNE_RATES := 0.5
 ONESHOT_METHODS := naive swa
 ITERATIVE_METHODS := naive swa
 else
-SEEDS ?= 0
+SEEDS ?= 0 1 2
 DISTILL_WIDTHS := 2 4
 DISTILL_METHODS := kd ewa swa sswa
 PRUNE_RATES := 0.3 0.5 0.7
@@ -72,7 +87,8 @@ MATCH_sswa := -p matching swa -p drop_fraction 0.3
 
 TEACHER_NB := $(RUNS)/teacher/01_teacher.ipynb
 TEACHER_CKPT := $(RUNS)/teacher/best.pt
-# Seeds per stage (default SEEDS): e.g. PRUNE_SEEDS="0 1 2" repeats only the pruning grids.
+TARGETS := $(RUNS)/teacher/targets.pt
+# Seeds per stage (default SEEDS): e.g. DISTILL_SEEDS=0 keeps one seed of distillation.
 DISTILL_SEEDS ?= $(SEEDS)
 PRUNE_SEEDS ?= $(SEEDS)
 DISTILL_NBS := $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(RUNS)/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
@@ -87,24 +103,42 @@ word_of = $(word $(1),$(subst -, ,$(2)))
 # numbers only at the same thread count); the teacher, evaluation and paper use every core.
 GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 
-.PHONY: all venv data teacher distill prune prune-oneshot prune-iterative evaluate paper bench \
-	test test-slow lint lab clean clean-runs help
+.PHONY: all venv data teacher targets distill prune prune-oneshot prune-iterative evaluate paper bench \
+	timings results test test-slow lint lab clean clean-runs help
 
 all: paper
+
+# The paper rule folds the log after its own run; this refolds it after single stages.
+timings: | $(STAMP)
+	$(FOLD_TIMINGS)
+
+# The reference run's tables and timings, kept under version control in docs/results/<p>/.
+RESULTS := docs/results/$(PROFILE)
+RESULT_FILES := $(RUNS)/paper/all_runs.csv $(RUNS)/paper/summary.md $(RUNS)/timings.csv
+results:
+	@missing=0; for f in $(RESULT_FILES); do \
+		[ -f "$$f" ] || { echo "make results: $$f is missing" >&2; missing=1; }; \
+	done; \
+	[ $$missing = 0 ] || { echo "make results: run \`make all PROFILE=$(PROFILE)\` first" >&2; exit 1; }
+	@mkdir -p $(RESULTS)
+	cp $(RESULT_FILES) $(RESULTS)/
 
 help:
 	@sed -n '1,8p' Makefile
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
+	@$(call time_start,venv)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	@touch $@
+	@touch $@ && $(call time_end,venv)
 
 data: $(DATA_STAMP)
 $(SYNTH_ROOT)/VOCdevkit/VOC2012/synthvoc.json: | $(STAMP)
+	@$(call time_start,data)
 	$(PY) -m attrlib.synthvoc --root $(SYNTH_ROOT) --profile $(PROFILE) --seed $(SEED)
+	@$(call time_end,data)
 ifneq ($(VOC_ROOT),)
 $(VOC_ROOT)/ImageSets/Main/train.txt:
 	$(error VOC_ROOT=$(VOC_ROOT) has no ImageSets/Main/train.txt; point VOC_ROOT at VOCdevkit/VOC2012)
@@ -114,32 +148,45 @@ teacher: $(RUNS)/teacher/01_teacher.ipynb
 $(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_STAMP) | $(STAMP)
 	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p seed $(SEED) -p data_root $(DATA_ROOT) -p out_dir $(RUNS)/teacher -p weights '$(TEACHER_WEIGHTS)')
 
+# The teacher's logits and matching maps for every training view, computed once and read by
+# every distillation and pruning run instead of running the teacher in each of their steps.
+targets: $(TARGETS)
+$(TARGETS): $(TEACHER_NB)
+	@$(call time_start,targets)
+	$(PY) -m attrlib.targets --teacher $(TEACHER_CKPT) --data-root $(DATA_ROOT) --profile $(PROFILE) --out $@
+	@$(call time_end,targets)
+
 distill: $(DISTILL_NBS)
-$(RUNS)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(TEACHER_NB)
-	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
+$(RUNS)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(TARGETS)
+	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
 
 prune: prune-oneshot prune-iterative
 prune-oneshot: $(ONESHOT_NBS)
-$(RUNS)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(TEACHER_NB)
-	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
+$(RUNS)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(TARGETS)
+	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
 
 prune-iterative: $(ITERATIVE_NBS)
-$(RUNS)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(TEACHER_NB)
-	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)),$(GRID_ENV))
+$(RUNS)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(TARGETS)
+	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)),$(GRID_ENV))
 
-# Every finished model of the profile: the teacher, students, pruned networks, iterations.
+# Every finished model of the profile: the teacher, students, pruned networks, iterations
+# (on the default profile every second iteration: 16 x 6 schedules would double the time of
+# the evaluation, and the curves read as well from 8 points).
+SKIP_ITERATIONS := $(if $(filter default,$(PROFILE)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
 evaluate: $(EVAL_NB)
 $(EVAL_NB): notebooks/05_evaluate.ipynb $(TEACHER_NB) $(DISTILL_NBS) $(ONESHOT_NBS) $(ITERATIVE_NBS)
-	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -y "checkpoints: [$$(find $(RUNS) -name best.pt -not -path '*/evaluate/*' | sort | paste -sd, -)]")
+	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -y "checkpoints: [$$(find $(RUNS) -name best.pt -not -path '*/evaluate/*' $(SKIP_ITERATIONS) | sort | paste -sd, -)]")
 
 paper: $(PAPER_NB)
 $(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NB)
 	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p runs_dir $(RUNS) -p out_dir $(dir $@))
+	$(FOLD_TIMINGS)
 
 # Speed against the authors' constructions, same process; ratios in runs/bench/*.json
 bench: $(STAMP)
 	$(PY) benchmarks/distill_step.py --profile $(PROFILE)
 	$(PY) benchmarks/evaluate.py --data-root $(DATA_ROOT) --checkpoint $(TEACHER_CKPT)
+	$(PY) benchmarks/distill_throughput.py --profile $(PROFILE) --data-root $(DATA_ROOT)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

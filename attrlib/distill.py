@@ -12,13 +12,15 @@ Matching losses are registry entries: a map function
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrlib.models import eval_mode
 from attrlib.registry import Registry
+from attrlib.views import ViewKeys, channel_keep
 
 MapFn = Callable[..., torch.Tensor]
 MATCHINGS: Registry[MapFn] = Registry("matching loss")
@@ -148,13 +150,77 @@ def random_channel_keep(
     return (ranks >= n_drop).to(torch.float32)
 
 
+def target_key(matching: str, drop_fraction: float = 0.0) -> str:
+    """Name of a cached map kind: the matching name, plus its channel-drop fraction."""
+    return f"{matching}-drop{drop_fraction:g}" if drop_fraction > 0 else matching
+
+
+def teacher_outputs(
+    teacher: nn.Module,
+    images: torch.Tensor,
+    kinds: Sequence[tuple[str, float]],
+    layer: str,
+    views: ViewKeys | None = None,
+    view_seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The frozen teacher's logits (B, K) and its map (B, h, w) for each (matching, drop).
+
+    The map is built for the teacher's top-1 class at `layer` (SPEC: matching regularisers);
+    a drop fraction > 0 zeroes that share of the teacher's channel weights (stochastic SWA),
+    drawn per (view epoch, image) from `views`, or from torch's global RNG without them.
+    """
+    with eval_mode(teacher), torch.no_grad():
+        # channels-last: oneDNN's fastest layout for inference (as attrlib.evaluate)
+        images = images.contiguous(memory_format=torch.channels_last)
+        feature = teacher.matching_feature(images, layer)  # (B, C, h, w)
+    maps = {}
+    with eval_mode(teacher), torch.enable_grad():
+        # the head-only gradient of SWA needs a graph from the feature, not the parameters
+        feature = feature.detach().requires_grad_(bool(kinds))
+        logits = teacher.matching_head(feature, layer)  # (B, K)
+        classes = logits.detach().argmax(dim=1)  # (B,) the teacher's top-1 class
+        first = True
+        for matching, drop in kinds:
+            keep = None
+            if drop > 0:
+                batch, channels = feature.shape[:2]
+                if views is None:
+                    keep = random_channel_keep(batch, channels, drop, images.device)
+                else:
+                    keep = channel_keep(
+                        view_seed, views.epoch, views.indices.tolist(), channels, drop
+                    )
+                    keep = keep.to(images.device)
+            map_fn = MATCHINGS.get(matching)
+            # a gradient-based map frees the head's graph: later kinds get a head pass of their own
+            head_logits = logits if first else teacher.matching_head(feature, layer)
+            first = False
+            maps[target_key(matching, drop)] = map_fn(
+                feature,
+                head_logits,
+                classes,
+                create_graph=False,
+                channel_keep=keep,
+            ).detach()
+    return logits.detach(), maps
+
+
 class CompressionObjective:
     """Loss of a compressed network against its reference (teacher or unpruned network).
 
     `kd=True` (distillation): kd_loss(student, teacher) + lambda * matching.
     `kd=False` (pruning fine-tune): soft-margin CE + lambda * matching.
     The reference runs in eval mode without parameter gradients; its map uses its top-1
-    predicted class, the student's map the same class. `matching="none"` drops the term.
+    predicted class, the student's map the same class, both at `layer`
+    (attrlib.models.MATCHING_LAYERS). `matching="none"` drops the term.
+
+    With `targets` (attrlib.targets.TeacherTargets) the reference's logits and maps are read
+    from the cache by the batch's `views` instead of being computed: the same values, since
+    views and channel drops are drawn per (view epoch, image).
+
+    `warmup_epochs` > 0 (beyond the paper): the matching term is off for batches of view
+    epochs below it (distillation reads view epoch = training epoch), so that KD first makes
+    a from-scratch student predict before its maps are pulled towards the teacher's.
     """
 
     def __init__(
@@ -166,6 +232,10 @@ class CompressionObjective:
         kd: bool = True,
         temperature: float = 4.0,
         alpha: float = 0.9,
+        layer: str = "attribution",
+        targets=None,
+        view_seed: int = 0,
+        warmup_epochs: int = 0,
     ) -> None:
         if matching != NO_MATCHING:
             MATCHINGS.get(matching)  # unknown names fail here, listing the registry
@@ -180,36 +250,53 @@ class CompressionObjective:
             drop_fraction,
         )
         self.kd, self.temperature, self.alpha = kd, temperature, alpha
+        self.layer, self.targets, self.view_seed = layer, targets, view_seed
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.warmup_epochs = warmup_epochs
+
+    @property
+    def kinds(self) -> list[tuple[str, float]]:
+        """The reference map kinds this objective needs: [(matching, drop)] or []."""
+        return [] if self.matching == NO_MATCHING else [(self.matching, self.drop_fraction)]
+
+    def reference_outputs(
+        self, images: torch.Tensor, views=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reference's logits (B, K) and map (B, h, w) (None without matching)."""
+        key = target_key(self.matching, self.drop_fraction) if self.kinds else None
+        if self.targets is not None and views is not None and views.epoch < self.warmup_epochs:
+            key = None  # no map needed while the matching term is off
+        if self.targets is not None:
+            if views is None:
+                raise ValueError("cached teacher targets need the batch's views (ViewKeys)")
+            return self.targets.lookup(views, key, images.device)
+        logits, maps = teacher_outputs(
+            self.teacher, images, self.kinds, self.layer, views, self.view_seed
+        )
+        return logits, None if key is None else maps[key]
 
     def __call__(
-        self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor
+        self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor, views=None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self.teacher.eval()
-        need_grad = self.matching != NO_MATCHING
-        s_feature = student.forward_features(images)  # (B, C_s, h, w)
-        s_logits = student.head(s_feature)  # (B, K)
+        warming = views is not None and views.epoch < self.warmup_epochs
+        need_grad = self.matching != NO_MATCHING and not warming
+        s_feature = student.matching_feature(images, self.layer)  # (B, C_s, h, w)
+        s_logits = student.matching_head(s_feature, self.layer)  # (B, K)
         if not self.kd:
             base = F.multilabel_soft_margin_loss(s_logits, labels)
             if not need_grad:  # plain fine-tuning: the reference plays no part, skip its forward
                 return base, {"ce": base.detach()}
-        with torch.no_grad():
-            t_feature = self.teacher.forward_features(images)  # (B, C_t, h, w)
-        with torch.set_grad_enabled(need_grad):
-            t_feature = t_feature.requires_grad_(need_grad)
-            t_logits = self.teacher.head(t_feature)  # (B, K)
+        t_logits, t_maps = self.reference_outputs(images, views)
         if self.kd:
-            base = kd_loss(s_logits, t_logits.detach(), labels, self.temperature, self.alpha)
+            base = kd_loss(s_logits, t_logits, labels, self.temperature, self.alpha)
         logs = {"kd" if self.kd else "ce": base.detach()}
         if not need_grad:
             return base, logs
         map_fn = MATCHINGS.get(self.matching)
-        classes = t_logits.detach().argmax(dim=1)  # (B,) teacher's top-1 class
-        keep = None
-        if self.drop_fraction > 0:
-            keep = random_channel_keep(*t_feature.shape[:2], self.drop_fraction, images.device)
-        t_maps = map_fn(t_feature, t_logits, classes, create_graph=False, channel_keep=keep)
+        classes = t_logits.argmax(dim=1)  # (B,) teacher's top-1 class
         s_maps = map_fn(s_feature, s_logits, classes, create_graph=True)  # (B, h, w)
-        match = matching_loss(s_maps, t_maps.detach())
+        match = matching_loss(s_maps, t_maps)
         logs["match"] = match.detach()
         # A student map that is zero everywhere (SWA's ReLU of a negative weighted sum) gets
         # no gradient from the matching term: the share of such maps says whether it acts.

@@ -28,20 +28,25 @@ from attrlib.config import Recipe
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
 from attrlib.metrics import mean_average_precision
 from attrlib.models import VGGVOC, ModelConfig, build_model, eval_mode
+from attrlib.views import ViewKeys
 
 CHECKPOINT_VERSION = 1
 
 
 class Objective(Protocol):
-    """Training loss of a stage: `(model, images, labels) -> (loss, {name: value})`."""
+    """Training loss of a stage: `(model, images, labels, views) -> (loss, {name: value})`.
+
+    `views` (attrlib.views.ViewKeys) names the batch's (view epoch, image indices) when the
+    training set draws views per (epoch, image), else None.
+    """
 
     def __call__(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, views=None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def multilabel_objective(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, views=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The teacher's loss: multi-label soft-margin (SPEC: Training recipes)."""
     logits = model(images)  # (B, K)
@@ -215,6 +220,7 @@ def fit(
     num_workers: int = 0,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    view_offset: int = 0,
 ) -> dict:
     """Train `model` in place with `objective`; checkpoints and history under `out_dir`.
 
@@ -223,6 +229,10 @@ def fit(
     `stage_config`, training resumes after its epoch; if the stage already finished, the
     stored metrics are returned and nothing is retrained or overwritten. A different
     `stage_config` in an existing `out_dir` is an error (results are never silently replaced).
+
+    A training set with a `collate(epoch)` method (attrlib.views.TrainViews) yields
+    (views, labels, image indices); epoch `e` of this fit reads view epoch `view_offset + e`
+    (iterative pruning's iterations read successive view epochs).
 
     Returns the metrics dict (also in `metrics.json`).
     """
@@ -236,8 +246,9 @@ def fit(
 
     start_epoch, history, best = 0, [], {"val_map_class": -1.0, "epoch": -1}
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels-last on every device: on this project's CPU it trains the small students
+    # 1.7-2x faster than NCHW (batch norm and convs over few channels), on GPUs it feeds cuDNN
+    model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, steps_per_epoch))
@@ -268,6 +279,8 @@ def fit(
     write_json_atomic(out_dir / "config.json", stage_config)
     for epoch in range(start_epoch, recipe.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))
+        view_epoch = view_offset + epoch
+        collate = train_set.collate(view_epoch) if hasattr(train_set, "collate") else None
         loader = DataLoader(
             train_set,
             batch_size=recipe.batch_size,
@@ -276,6 +289,7 @@ def fit(
             num_workers=num_workers,
             generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
             persistent_workers=False,
+            collate_fn=collate,
         )
         model.train()
         t0 = time.perf_counter()
@@ -284,13 +298,14 @@ def fit(
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, disable=not progress
         )
-        for step, (images, labels) in enumerate(bar):
+        for step, batch in enumerate(bar):
+            images, labels = batch[0], batch[1]
+            views = ViewKeys(view_epoch, batch[2]) if collate is not None else None
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
-                loss, logs = objective(model, images, labels)
+                loss, logs = objective(model, images, labels, views)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "

@@ -19,6 +19,10 @@ from torch import nn
 VGG16_WIDTHS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 POOL_AFTER: frozenset[int] = frozenset({1, 3, 6, 9, 12})  # conv indices followed by a max-pool
 ALLOWED_WIDTH_DIVS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+# Where attribution maps are matched: "pool" = the last max-pool's output, as the authors'
+# code (`features[:44]`, 7x7 at 227 px); "attribution" = one step earlier, the attribution
+# layer (14x14 at 227 px), where Grad-CAM and EBP are read.
+MATCHING_LAYERS: tuple[str, ...] = ("attribution", "pool")
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,24 @@ class VGGVOC(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))
+
+    def matching_feature(self, images: torch.Tensor, layer: str) -> torch.Tensor:
+        """(B, 3, H, W) -> the feature maps are matched at (B, C, h, w), `layer` in
+        MATCHING_LAYERS."""
+        feature = self.forward_features(images)  # (B, C, h, w) attribution layer
+        return self.features[-1](feature) if _matching_layer(layer) == "pool" else feature
+
+    def matching_head(self, feature: torch.Tensor, layer: str) -> torch.Tensor:
+        """The layers after `matching_feature`: (B, C, h, w) -> logits (B, K)."""
+        if _matching_layer(layer) == "pool":
+            return self.classifier(torch.flatten(feature, 1))  # (B, K)
+        return self.head(feature)
+
+
+def _matching_layer(layer: str) -> str:
+    if layer not in MATCHING_LAYERS:
+        raise ValueError(f"matching layer must be one of {MATCHING_LAYERS}, got {layer!r}")
+    return layer
 
 
 @contextmanager

@@ -57,9 +57,21 @@ def _stage_of(path: Path, runs_dir: Path) -> str:
     return parts[0]
 
 
+def last_dead_maps(folder: Path) -> float:
+    """Share of the matching loss's maps of the model in `folder` that were zero everywhere in
+    its last training epoch (`metrics.json`); NaN without matching or a training history."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return np.nan
+    history = json.loads(path.read_text()).get("history") or [{}]
+    return history[-1].get("train_dead_maps", np.nan)
+
+
 def collect(runs_dir: str | Path, require: Sequence[str] = STAGES) -> pd.DataFrame:
     """One row per evaluated model under `runs_dir` with its description and scores.
 
+    Beside the scores: `pairs`, the (image, class) pairs its localization scores average
+    over, and `dead_maps`, the last-epoch share of dead matching maps (see `last_dead_maps`).
     Raises FileNotFoundError naming every stage in `require` that has no evaluated model.
     """
     runs_dir = Path(runs_dir)
@@ -90,6 +102,9 @@ def collect(runs_dir: str | Path, require: Sequence[str] = STAGES) -> pd.DataFra
             "sparsity",
         ):
             row[key] = summary[key]
+        row["pairs"] = summary.get("pairs_scored", np.nan)
+        # SWA maps die (ReLU of a negative sum); EWA maps are squares and never do
+        row["dead_maps"] = last_dead_maps(folder) if config.get("matching") == "swa" else np.nan
         for method, scores in summary["localization"].items():
             for score, value in scores.items():
                 row[f"{method} {score}"] = value

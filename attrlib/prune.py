@@ -269,9 +269,12 @@ def global_magnitude_(model: nn.Module, amount: float) -> nn.Module:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("model has no Conv2d layers to prune")
+    # torch's pruning flattens weights and masks with `.view(-1)`, which channels-last
+    # tensors (the training loop's layout) refuse; training converts them back
+    model.to(memory_format=torch.contiguous_format)
     params = [(conv, "weight") for conv in convs]
     # current magnitudes: `conv.weight` of a masked conv is stale after an optimiser step
-    scores = {(conv, "weight"): effective_weight(conv) for conv in convs}
+    scores = {(conv, "weight"): effective_weight(conv).contiguous() for conv in convs}
     with _parameter_order_kept(convs):
         prune.global_unstructured(
             params,

@@ -22,9 +22,8 @@ from attrlib.data import (
     VOCLocalization,
     eval_transform,
     load_classes,
-    train_transform,
 )
-from attrlib.distill import CompressionObjective
+from attrlib.distill import NO_MATCHING, CompressionObjective, target_key
 from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
 from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
@@ -35,15 +34,21 @@ from attrlib.models import (
     vgg16_bn_voc,
 )
 from attrlib.prune import global_magnitude_, permanent_copy, remaining_fraction, structured_l1
+from attrlib.targets import TeacherTargets
+from attrlib.views import TrainViews, ViewSpec
+
+
+def view_spec(profile: str) -> ViewSpec:
+    """The profile's training views: RandomResizedCrop + flip, drawn per (epoch, image)."""
+    prof = get_profile(profile)
+    return ViewSpec(prof.input_size, prof.scale_min, prof.view_seed)
 
 
 def build_datasets(data_root: str, profile: str, classes: tuple[str, ...] | None = None):
-    """(train, val, classes) for a profile: augmented train split, resized val split."""
+    """(train, val, classes) for a profile: train split as views, resized val split."""
     prof = get_profile(profile)
     classes = tuple(classes) if classes is not None else load_classes(data_root)
-    train = VOCClassification(
-        data_root, "train", classes, train_transform(prof.input_size, prof.scale_min)
-    )
+    train = TrainViews(VOCClassification(data_root, "train", classes), view_spec(profile))
     val = VOCClassification(data_root, "val", classes, eval_transform(prof.input_size))
     return train, val, classes
 
@@ -64,6 +69,7 @@ def _fit_stage(
     seed: int | None = None,
     stage_config: dict | None = None,
     progress: bool = True,
+    view_offset: int = 0,
 ) -> dict:
     """`engine.fit` with what every stage config provides (recipe, device, seed, out_dir)."""
     train, val, classes = data
@@ -80,6 +86,7 @@ def _fit_stage(
         stage_config=stage_config or cfg.to_dict(),
         num_workers=get_profile(cfg.profile).num_workers,
         progress=progress,
+        view_offset=view_offset,
     )
 
 
@@ -106,6 +113,7 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
     widths = tuple(max(1, w // cfg.width_div) for w in t_cfg.widths)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     student = build_model(dataclasses.replace(t_cfg, widths=widths))
+    data = build_datasets(cfg.data_root, cfg.profile, classes)
     objective = CompressionObjective(
         teacher,
         cfg.matching,
@@ -114,9 +122,24 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
         kd=True,
         temperature=cfg.temperature,
         alpha=cfg.alpha,
+        layer=cfg.matching_layer,
+        targets=_targets(cfg, data[0], cfg.recipe.epochs),
+        view_seed=data[0].spec.seed,
+        warmup_epochs=cfg.matching_warmup,
     )
-    data = build_datasets(cfg.data_root, cfg.profile, classes)
     return student, _fit_stage(student, objective, data, cfg)
+
+
+def _targets(cfg, train: TrainViews, epochs: int) -> TeacherTargets | None:
+    """The cached outputs of `cfg.teacher` named by `cfg.teacher_targets`, checked to fit."""
+    if not cfg.teacher_targets:
+        return None
+    store = TeacherTargets.load(cfg.teacher_targets)
+    keys = [] if cfg.matching == NO_MATCHING else [target_key(cfg.matching, cfg.drop_fraction)]
+    store.check(
+        teacher=cfg.teacher, dataset=train, layer=cfg.matching_layer, keys=keys, epochs=epochs
+    )
+    return store
 
 
 def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
@@ -125,10 +148,20 @@ def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
     model, classes = load_reference(cfg.model, cfg.data_root, device)
     # a copy of its own: iterative pruning masks `model` in place, the reference stays intact
     reference = load_reference(cfg.teacher, cfg.data_root, device)[0]
+    data = build_datasets(cfg.data_root, cfg.profile, classes)
+    epochs = cfg.recipe.epochs * getattr(cfg, "iterations", 1)
+    targets = _targets(cfg, data[0], epochs) if cfg.matching != NO_MATCHING else None
     objective = CompressionObjective(
-        reference, cfg.matching, cfg.matching_lambda, cfg.drop_fraction, kd=False
+        reference,
+        cfg.matching,
+        cfg.matching_lambda,
+        cfg.drop_fraction,
+        kd=False,
+        layer=cfg.matching_layer,
+        targets=targets,
+        view_seed=data[0].spec.seed,
     )
-    return model, objective, build_datasets(cfg.data_root, cfg.profile, classes)
+    return model, objective, data
 
 
 def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
@@ -163,6 +196,7 @@ def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[V
             seed=cfg.seed + k,
             stage_config={**cfg.to_dict(), "iteration": k},
             progress=progress,
+            view_offset=(k - 1) * cfg.recipe.epochs,  # each iteration reads new views
         )
         records.append(
             {

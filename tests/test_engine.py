@@ -118,7 +118,7 @@ def test_nan_loss_stops_without_touching_last_good_checkpoint(tmp_path):
     _run(tmp_path, recipe=Recipe(epochs=1, batch_size=8, lr=0.05))
     good = (tmp_path / "last.pt").read_bytes()
 
-    def nan_objective(model, images, labels):
+    def nan_objective(model, images, labels, views=None):
         loss, logs = multilabel_objective(model, images, labels)
         return loss * float("nan"), logs
 

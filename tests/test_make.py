@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,13 +43,31 @@ def test_default_grid_covers_the_study(tmp_path):
     text = _dry_run(
         "all", "PROFILE=default", f"RUNS={tmp_path}/runs", f"SYNTH_ROOT={tmp_path}/data"
     )
-    for run in ("x2-kd-s0", "x2-ewa-s0", "x2-swa-s0", "x2-sswa-s0", "x4-swa-s0"):
-        assert f"distill/{run}/" in text
+    for seed in (0, 1, 2):  # three seeds of every compressed setting, by default
+        for run in ("x2-kd", "x2-ewa", "x2-swa", "x2-sswa", "x4-kd", "x4-swa"):
+            assert f"distill/{run}-s{seed}/" in text
+        for run in ("p0.3-naive", "p0.5-swa", "p0.7-sswa"):
+            assert f"prune_oneshot/{run}-s{seed}/" in text
+        for run in ("naive", "swa"):
+            assert f"prune_iterative/{run}-s{seed}/" in text
+    assert "-s3/" not in text
     assert "-p matching swa -p drop_fraction 0.3" in text
-    for run in ("p0.3-naive-s0", "p0.5-swa-s0", "p0.7-sswa-s0"):
-        assert f"prune_oneshot/{run}/" in text
-    for run in ("naive-s0", "swa-s0"):
-        assert f"prune_iterative/{run}/" in text
+
+
+def test_smoke_and_voc_run_one_seed(tmp_path):
+    split = tmp_path / "voc" / "ImageSets" / "Main" / "train.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("")
+    for profile in ("smoke", "voc"):
+        text = _dry_run(
+            "all",
+            f"PROFILE={profile}",
+            f"VOC_ROOT={tmp_path}/voc" if profile == "voc" else "VOC_ROOT=",
+            f"RUNS={tmp_path}/runs-{profile}",
+            f"SYNTH_ROOT={tmp_path}/data",
+        )
+        assert "distill/x2-kd-s0/" in text and "prune_iterative/swa-s0/" in text, profile
+        assert "-s1/" not in text, profile
 
 
 def test_voc_profile_needs_a_real_tree(tmp_path):
@@ -68,9 +87,12 @@ def test_grid_runs_get_their_thread_share(tmp_path):
     stamp.parent.mkdir(parents=True)
     stamp.write_text("{}")
     log = tmp_path / "threads.log"
-    fake = tmp_path / "python"  # stands in for papermill: logs its thread setting, writes OUT
+    fake = tmp_path / "python"  # stands in for papermill and the targets builder: logs threads
     fake.write_text(
-        f'#!/bin/sh\necho "$5 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$6"\n'
+        "#!/bin/sh\n"
+        f'if [ "$2" = attrlib.targets ]; then echo "targets threads=${{OMP_NUM_THREADS:-unset}}"'
+        f' >> {log}; for a; do out="$a"; done; touch "$out"; exit 0; fi\n'
+        f'echo "$5 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$6"\n'
     )
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MAKEFLAGS")}
@@ -96,7 +118,74 @@ def test_grid_runs_get_their_thread_share(tmp_path):
         "notebooks/01_teacher.ipynb threads=unset",
         "notebooks/02_distill.ipynb threads=1",
         "notebooks/02_distill.ipynb threads=1",
+        "targets threads=unset",  # the teacher's targets, like the teacher, use every core
     ]
+
+
+def _fake_papermill(tmp_path, seconds=0.0):
+    """An executable standing in for the venv's python: as papermill it writes its output
+    argument after `seconds`; as `-m attrlib.timing` it runs the real module."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'[ "$2" = attrlib.timing ] && exec {sys.executable} "$@"\n'
+        f"sleep {seconds}\n"
+        'touch "$6"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def _clean_env():
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MAKEFLAGS")}
+
+
+def test_stage_wall_time_is_the_span_of_its_parallel_runs(tmp_path):
+    """Two distillation runs side by side take one run's time, not two; `make timings`
+    folds the log into timings.csv."""
+    stamp = tmp_path / "data" / "VOCdevkit" / "VOC2012" / "synthvoc.json"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("{}")
+    fake = _fake_papermill(tmp_path, seconds=1.5)
+    runs = tmp_path / "runs"
+    common = [f"PY={fake}", f"RUNS={runs}", f"SYNTH_ROOT={tmp_path}/data", "PROFILE=smoke"]
+    for target in ("distill", "timings"):
+        subprocess.run(
+            ["make", target, *common, "JOBS=2", "THREADS=1", f"STAMP={fake}"],
+            cwd=ROOT,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    log = (runs / ".timings.log").read_text().splitlines()
+    assert sum(line.startswith("end distill ") for line in log) == 2
+    rows = (runs / "timings.csv").read_text().splitlines()
+    assert rows[0] == "stage,seconds" and [r.split(",")[0] for r in rows[1:]] == [
+        "teacher",
+        "targets",
+        "distill",
+        "total",
+    ]
+    seconds = {r.split(",")[0]: float(r.split(",")[1]) for r in rows[1:]}
+    assert 1.5 <= seconds["distill"] < 2.9  # the two runs overlap: about 1.5 s, not 3 s
+    assert seconds["total"] >= seconds["teacher"] + seconds["distill"] - 0.2
+
+
+def test_results_copies_the_reference_run(tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    command = ["make", "results", "PROFILE=smoke", f"RUNS={runs}", f"RESULTS={docs}"]
+    (runs / "paper").mkdir(parents=True)
+    for name in ("paper/all_runs.csv", "paper/summary.md"):
+        (runs / name).write_text(name)
+    out = subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"{runs}/timings.csv is missing" in out.stderr
+    assert not docs.exists()
+    (runs / "timings.csv").write_text("stage,seconds\ntotal,1.0\n")
+    subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, check=True)
+    assert sorted(p.name for p in docs.iterdir()) == ["all_runs.csv", "summary.md", "timings.csv"]
+    assert (docs / "summary.md").read_text() == "paper/summary.md"
 
 
 def test_stage_seeds_repeat_only_that_stage(tmp_path):

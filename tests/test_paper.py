@@ -20,9 +20,11 @@ from attrlib.paper import (
 from attrlib.plots import figure_pixels, save_animation
 
 
-def _run(root, rel, config, auc_shift, seed):
+def _run(root, rel, config, auc_shift, seed, history=None):
     folder = root / rel
     folder.mkdir(parents=True)
+    if history is not None:
+        (folder / "metrics.json").write_text(json.dumps({"history": history, "finished": True}))
     (folder / "config.json").write_text(json.dumps({**config, "seed": seed}))
     rng = np.random.default_rng(seed)
     pairs = pd.DataFrame(
@@ -44,17 +46,32 @@ def _run(root, rel, config, auc_shift, seed):
         "nonzero_params": 1000,
         "macs": 5000,
         "sparsity": 0.0,
+        "pairs_gt": 30,
+        "pairs_predicted": 20,
+        "pairs_scored": 20,
         "localization": loc,
     }
     (folder / "eval.json").write_text(json.dumps(summary))
 
 
+def _history(dead_maps):
+    """A two-epoch metrics.json history; `dead_maps` per epoch, None for no matching."""
+    return [
+        {"epoch": e + 1, "train_loss": 1.0}
+        | ({} if dead_maps is None else {"train_dead_maps": dead_maps[e]})
+        for e in range(2)
+    ]
+
+
 @pytest.fixture
 def runs(tmp_path):
-    _run(tmp_path, "teacher", {}, 0.2, 0)
+    _run(tmp_path, "teacher", {}, 0.2, 0, history=_history(None))
     for seed in (0, 1):
-        _run(tmp_path, f"distill/x2-kd-s{seed}", {"width_div": 2, "matching": "none"}, 0.0, seed)
-        _run(tmp_path, f"distill/x2-swa-s{seed}", {"width_div": 2, "matching": "swa"}, 0.1, seed)
+        kd = {"width_div": 2, "matching": "none"}
+        swa = {"width_div": 2, "matching": "swa"}
+        _run(tmp_path, f"distill/x2-kd-s{seed}", kd, 0.0, seed, history=_history(None))
+        dead = [1.0, 0.25 + seed / 4]
+        _run(tmp_path, f"distill/x2-swa-s{seed}", swa, 0.1, seed, history=_history(dead))
     return tmp_path
 
 
@@ -70,6 +87,38 @@ def test_collect_names_missing_stages(tmp_path, runs):
         collect(runs)
     with pytest.raises(FileNotFoundError, match="teacher"):
         collect(tmp_path / "nothing")
+
+
+def test_collect_has_pairs_and_last_epoch_dead_maps(runs):
+    iterative = "prune_iterative/swa-s0"
+    for k, dead in ((1, 0.5), (2, 0.125)):  # each iteration's own metrics.json
+        history = _history([0.9, dead])
+        _run(runs, f"{iterative}/iter_0{k}", {"matching": "swa", "iteration": k}, 0.0, 0, history)
+    _run(runs, "prune_oneshot/p0.5-naive-s0", {"rate": 0.5, "matching": "none"}, 0.0, 0)
+    frame = collect(runs).set_index("run")
+    assert (frame["pairs"] == 20).all()
+    assert frame.loc["distill/x2-swa-s0", "dead_maps"] == 0.25
+    assert frame.loc["distill/x2-swa-s1", "dead_maps"] == 0.5
+    assert frame.loc[f"{iterative}/iter_01", "dead_maps"] == 0.5
+    assert frame.loc[f"{iterative}/iter_02", "dead_maps"] == 0.125
+    # no matching logged, or no metrics.json at all: empty
+    for run in ("teacher", "distill/x2-kd-s0", "prune_oneshot/p0.5-naive-s0"):
+        assert np.isnan(frame.loc[run, "dead_maps"])
+    written = runs / "all_runs.csv"
+    frame.reset_index().to_csv(written, index=False)
+    back = pd.read_csv(written)
+    assert {"pairs", "dead_maps"} <= set(back.columns)
+    assert back["dead_maps"].isna().sum() == 4
+
+
+def test_collect_without_pair_counts_leaves_pairs_empty(tmp_path):
+    _run(tmp_path, "teacher", {}, 0.2, 0)
+    path = tmp_path / "teacher" / "eval.json"
+    summary = json.loads(path.read_text())
+    del summary["pairs_scored"]
+    path.write_text(json.dumps(summary))
+    frame = collect(tmp_path, require=("teacher",))
+    assert np.isnan(frame.loc[0, "pairs"]) and np.isnan(frame.loc[0, "dead_maps"])
 
 
 def test_tables_hold_every_run_with_spread(runs):
