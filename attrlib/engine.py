@@ -12,6 +12,7 @@ uninterrupted run on the CPU.
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -136,10 +137,23 @@ def make_checkpoint(model: VGGVOC, classes: tuple[str, ...], **extra: Any) -> di
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint dict, read with `weights_only=True`: a file that carries anything but
+    tensors and plain values (e.g. a pickle that would run code) is refused, not executed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: refused to load: it holds objects other than tensors and plain values, "
+            f"which attrlib never writes ({str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, OSError, EOFError) as e:
+        raise ValueError(
+            f"{path}: unreadable checkpoint (truncated or corrupt: {str(e).splitlines()[0]}); "
+            "delete it and rerun the stage that wrote it"
+        ) from None
     for key in ("model_config", "classes", "model_state"):
         if key not in ckpt:
             raise ValueError(f"{path}: not an attrlib checkpoint (no {key!r} field)")

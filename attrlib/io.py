@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -19,6 +20,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write through a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a writer killed by SIGKILL never reaches its `finally`: sweep the temp files it left
+    # for this target (one writer per target, so none of them is still being written)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -45,7 +50,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def save_torch_atomic(path: str | Path, obj: Any) -> Path:
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """`torch.save` through `write_atomic`, byte-identical for identical contents.
+
+    Saved through a file object, so the archive's inner folder is torch's fixed "archive"
+    rather than the random temp file's name (which would make equal checkpoints differ).
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return write_atomic(path, write)
 
 
 def as_stored(obj: Any) -> Any:

@@ -253,54 +253,80 @@ def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") 
     return pd.DataFrame(rows)
 
 
-def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) -> str:
-    """Per compression stage and matching method: did matching beat naive on each score?
+SETTINGS = {"distill": "width_div", "prune_oneshot": "rate", "prune_iterative": None}
 
-    An AUC difference is called real only when the paired Wilcoxon test over the same
-    (image, class) pairs is significant in every seed and the mean difference exceeds the
-    spread (std) over seeds; other scores have no paired test, so they need at least two
-    seeds and a difference beyond the spread. Widths / rates / iterations of a stage are
-    pooled here; `paired_tests` has them one by one.
+
+def _setting_label(stage: str, value) -> str:
+    if stage == "distill":
+        return f"x{int(value)}"
+    if stage == "prune_oneshot":
+        return f"rate {value:g}"
+    return "all iterations"
+
+
+def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) -> str:
+    """Per compression stage, setting and matching method: did matching beat naive?
+
+    One line per (stage, width / rate, method); iterative pruning pools its iterations (each
+    seed's mean over them). For every score the difference matched - naive is taken per
+    seed, over runs of the same setting and seed; `delta` is its mean over seeds and the
+    spread its standard deviation over seeds. An AUC difference is called real when
+    |delta| exceeds that spread and the paired Wilcoxon test over the same (image, class)
+    pairs is significant, with the same sign, for every run of the setting and seed (with
+    one seed the paired tests alone decide); other scores have no paired test, so they need
+    at least two seeds and |delta| beyond the spread. `paired_tests` has every run's test.
     """
     lines = []
     score_cols = [c for c in frame.columns if any(c.endswith(f" {s}") for s in SCORES)]
     naive_names = {"KD", "naive"}
-    for stage in ("distill", "prune_oneshot", "prune_iterative"):
+    for stage, key in SETTINGS.items():
         rows = frame[frame["stage"] == stage]
         if rows.empty:
             continue
-        naive = rows[rows["method"].isin(naive_names)]
-        for method in sorted(set(rows["method"]) - naive_names):
-            matched = rows[rows["method"] == method]
-            parts = []
-            seeds = min(matched["seed"].nunique(), naive["seed"].nunique())
-            for col in score_cols:
-                delta = matched[col].mean() - naive[col].mean()
-                if np.isnan(delta):  # a model that predicts no ground-truth class has no maps
-                    parts.append(f"{col} not scored")
-                    continue
-                spread = np.nanmax([naive[col].std(), matched[col].std(), 0.0])
-                attribution, score = col.split(" ")
-                if score == "auc":  # paired test over the same (image, class) pairs, per seed
-                    sig = (
-                        tests[
-                            (tests["stage"] == stage)
-                            & (tests["compression"] == method)
-                            & (tests["attribution"] == attribution)
-                        ]
-                        if len(tests)
-                        else pd.DataFrame()
-                    )
-                    real = (
-                        abs(delta) > spread and len(sig) > 0 and (sig["p_wilcoxon"] < alpha).all()
-                    )
-                    quiet = "no clear change"
-                else:  # no paired test: only the spread over seeds can tell
-                    real = seeds >= 2 and abs(delta) > spread
-                    quiet = "no clear change" if seeds >= 2 else "one seed, untested"
-                verdict = ("better" if delta > 0 else "worse") if real else quiet
-                parts.append(f"{col} {delta:+.3f} ({verdict})")
-            lines.append(f"- {stage}, {method} vs naive: " + "; ".join(parts))
+        settings = sorted(rows[key].dropna().unique()) if key else [None]
+        for setting in settings:
+            group = rows if key is None else rows[rows[key] == setting]
+            naive = group[group["method"].isin(naive_names)]
+            baseline = "KD" if stage == "distill" else "naive"
+            for method in sorted(set(group["method"]) - naive_names):
+                matched = group[group["method"] == method]
+                per_seed = (
+                    matched.groupby("seed")[score_cols].mean()
+                    - naive.groupby("seed")[score_cols].mean()
+                )  # (seeds, scores): NaN where either side has no run of that seed
+                seeds = int(per_seed.notna().all(axis=1).sum())
+                sig = tests
+                if len(tests):
+                    sig = tests[(tests["stage"] == stage) & (tests["compression"] == method)]
+                    if key is not None:
+                        sig = sig[sig[key] == setting]
+                parts = []
+                for col in score_cols:
+                    delta = per_seed[col].mean()
+                    if np.isnan(delta):  # a model that predicts no ground-truth class: no maps
+                        parts.append(f"{col} not scored")
+                        continue
+                    spread = per_seed[col].std() if seeds >= 2 else 0.0
+                    attribution, score = col.split(" ")
+                    if score == "auc":
+                        runs = sig[sig["attribution"] == attribution] if len(sig) else sig
+                        agree = (
+                            len(runs) > 0
+                            and (runs["p_wilcoxon"] < alpha).all()
+                            and (np.sign(runs["difference"]) == np.sign(delta)).all()
+                        )
+                        real = abs(delta) > spread and agree
+                        quiet = "no clear change"
+                    else:  # no paired test: only the spread over seeds can tell
+                        real = seeds >= 2 and abs(delta) > spread
+                        quiet = "no clear change" if seeds >= 2 else "one seed, untested"
+                    verdict = ("better" if delta > 0 else "worse") if real else quiet
+                    parts.append(f"{col} {delta:+.3f} ({verdict})")
+                label = _setting_label(stage, setting)
+                lines.append(
+                    f"- {stage} {label}, {method} vs {baseline} ({seeds} seeds): "
+                    + "; ".join(parts)
+                )
     return "\n".join(lines)
 
 
@@ -413,3 +439,71 @@ def _grid_pixels(image: torch.Tensor, maps: dict, title: str) -> np.ndarray:
     pixels = figure_pixels(fig)
     plt.close(fig)  # frames are not shown one by one in the notebook
     return pixels
+
+
+README_SCORES = ("auc", "pointing")
+
+
+def readme_tables(frame: pd.DataFrame, every: int = 2) -> str:
+    """The README's three tables (markdown, mean ± std over seeds) from `all_runs.csv` rows.
+
+    Columns: class mAP, F1, AUC and pointing per attribution method, scored pairs and the
+    last-epoch share of dead SWA maps; iterative pruning shows every `every`-th iteration.
+    """
+    cols = _metric_columns(frame, README_SCORES) + ["pairs", "dead_maps"]
+    cols = [c for c in cols if c in frame]
+    distill = distillation_table(frame, README_SCORES)  # for its row order
+    students = pd.concat(
+        [frame[frame["stage"] == "teacher"].assign(width_div=1), frame[frame["stage"] == "distill"]]
+    ).astype({"width_div": int})
+    distill = mean_std(students, ["width_div", "method"], cols).loc[distill.index]
+    oneshot = mean_std(
+        frame[frame["stage"] == "prune_oneshot"], ["rate", "method"], ["params", *cols]
+    )
+    iterative = frame[frame["stage"] == "prune_iterative"]
+    iterative = iterative[iterative["iteration"] % every == 0]
+    iterative = mean_std(iterative, ["iteration", "method"], ["sparsity", *cols])
+    parts = []
+    for title, table in (
+        ("Distillation", distill),
+        ("One-shot structured pruning", oneshot),
+        (f"Iterative unstructured pruning (every {_ordinal(every)} iteration)", iterative),
+    ):
+        shown = format_table(table)
+        if ("pairs", "mean") in table:  # a count: its mean over seeds, whole
+            shown["pairs"] = table[("pairs", "mean")].map(
+                lambda v: "–" if np.isnan(v) else f"{v:.0f}"
+            )
+        shown = shown.reset_index()
+        if "width_div" in shown:
+            shown["width_div"] = shown["width_div"].map(lambda w: "teacher" if w == 1 else f"x{w}")
+        if "iteration" in shown:
+            shown["iteration"] = shown["iteration"].astype(int)
+        shown = shown.rename(
+            columns=lambda c: c.replace(" pointing", " pt").replace("map_class", "mAP")
+        )
+        shown = shown.replace({"nan": "–", "nan ± nan": "–"})
+        parts.append(f"#### {title}\n\n" + shown.to_markdown(index=False))
+    return "\n\n".join(parts) + "\n"
+
+
+def _ordinal(n: int) -> str:
+    return {1: "", 2: "second", 3: "third"}.get(n, f"{n}th")
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """CLI: `python -m attrlib.paper readme docs/results/default/all_runs.csv` prints the
+    README's tables made from a reference run's `all_runs.csv`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m attrlib.paper")
+    parser.add_argument("command", choices=["readme"])
+    parser.add_argument("all_runs", help="all_runs.csv written by the paper notebook")
+    args = parser.parse_args(argv)
+    text = readme_tables(pd.read_csv(args.all_runs))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -154,3 +154,25 @@ def test_wrong_architecture_or_classes_named(tmp_path):
     torch.save({"foo": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt: not an attrlib checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_checkpoint_that_carries_code_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "best.pt"
+    torch.save({"model_config": {}, "classes": [], "model_state": {}, "x": _RunsCode()}, path)
+    with pytest.raises(ValueError, match=r"best\.pt: refused to load"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"model_state": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"last\.pt: unreadable checkpoint .*delete it and rerun"):
+        load_checkpoint(path)

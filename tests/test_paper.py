@@ -12,6 +12,7 @@ from attrlib.paper import (
     format_table,
     method_label,
     paired_tests,
+    readme_tables,
     save_table,
     schedule_runs,
     showcase_pair,
@@ -142,7 +143,7 @@ def test_paired_tests_and_summary_call_real_differences(runs):
     assert len(tests) == 4  # 2 seeds x 2 attribution methods
     assert (tests["difference"] > 0.05).all() and (tests["p_wilcoxon"] < 0.05).all()
     text = summary_text(frame, tests)
-    assert "distill, KD+SWA vs naive" in text
+    assert "distill x2, KD+SWA vs KD (2 seeds)" in text
     assert "gradcam auc +0.100 (better)" in text
     assert "gradcam pointing +0.000 (no clear change)" in text
     one_seed = frame[frame["seed"] == 0]
@@ -220,3 +221,13 @@ def test_save_animation_writes_every_frame(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
     with pytest.raises(ValueError, match="one shape"):
         save_animation([first, first[:-1]], tmp_path / "bad.gif")
+
+
+def test_readme_tables_are_made_from_all_runs(runs):
+    frame = collect(runs, require=("teacher", "distill"))
+    text = readme_tables(frame)
+    assert "#### Distillation" in text
+    row = next(line for line in text.splitlines() if "| KD+SWA " in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "x2" and cells[2].startswith("0.900 ± ")  # mAP 0.8 + shift 0.1
+    assert cells[-3] == "20" and cells[-2] == "0.375 ± 0.177" and cells[-1] == "2"

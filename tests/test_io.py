@@ -1,0 +1,28 @@
+"""Atomic writes: byte-identical checkpoints, stale temp files swept."""
+
+from __future__ import annotations
+
+import torch
+
+from attrlib.io import save_torch_atomic, write_json_atomic
+
+
+def test_identical_contents_give_identical_checkpoint_bytes(tmp_path):
+    state = {"model_state": {"w": torch.arange(12.0).view(3, 4)}, "classes": ["a", "b"]}
+    a = save_torch_atomic(tmp_path / "one" / "best.pt", state)
+    b = save_torch_atomic(tmp_path / "two" / "last.pt", state)
+    assert a.read_bytes() == b.read_bytes()
+    assert torch.equal(
+        torch.load(a, weights_only=True)["model_state"]["w"], state["model_state"]["w"]
+    )
+
+
+def test_temp_files_left_by_a_killed_writer_are_swept(tmp_path):
+    stale = [tmp_path / ".metrics.json.abc123.tmp", tmp_path / ".metrics.json.zz.tmp"]
+    other = tmp_path / ".best.pt.abc123.tmp"  # another target's: not this writer's to sweep
+    for path in [*stale, other]:
+        path.write_text("half written")
+    write_json_atomic(tmp_path / "metrics.json", {"finished": True})
+    assert not any(p.exists() for p in stale)
+    assert other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.abc123.tmp", "metrics.json"]
