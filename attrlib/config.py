@@ -156,7 +156,8 @@ PROFILES: dict[str, Profile] = {
         teacher_width_div=1,
         student_width_divs=(2, 4, 8),
         teacher=Recipe(epochs=60, batch_size=64, lr=0.1, milestones=(10, 30, 40)),
-        distill=Recipe(epochs=350, batch_size=64, lr=0.1, milestones=(150, 200, 250)),
+        # the authors distil with plain SGD (no momentum); teacher and fine-tunes use 0.9
+        distill=Recipe(epochs=350, batch_size=64, lr=0.1, momentum=0.0, milestones=(150, 200, 250)),
         prune_oneshot=Recipe(epochs=30, batch_size=64, lr=0.001, schedule="constant"),
         prune_iterative=Recipe(epochs=30, batch_size=64, lr=0.001, schedule="constant"),
         prune_rates=(0.3, 0.5, 0.7),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -36,6 +37,12 @@ from attrlib.models import (
 from attrlib.prune import global_magnitude_, permanent_copy, remaining_fraction, structured_l1
 from attrlib.targets import TeacherTargets
 from attrlib.views import TrainViews, ViewSpec
+
+
+def loader_workers(wanted: int) -> int:
+    """DataLoader workers: the profile's number, but at most one fewer than the cores (the
+    main process trains), so a 2-core machine gets 1 however many the profile asks for."""
+    return max(0, min(wanted, (os.cpu_count() or 1) - 1))
 
 
 def view_spec(profile: str) -> ViewSpec:
@@ -84,7 +91,7 @@ def _fit_stage(
         seed=cfg.seed if seed is None else seed,
         device=resolve_device(cfg.device),
         stage_config=stage_config or cfg.to_dict(),
-        num_workers=get_profile(cfg.profile).num_workers,
+        num_workers=loader_workers(get_profile(cfg.profile).num_workers),
         progress=progress,
         view_offset=view_offset,
     )

@@ -36,3 +36,16 @@ def copy_voc_tree(voc: Path, dest: Path) -> Path:
 def tiny_voc_tree(synth_root: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic VOC2012 folder that a test may corrupt."""
     return copy_voc_tree(synth_root, tmp_path)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and threads stall for seconds on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ structure (one forward per network, full backward passes), and that the benchmar
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmod import load_benchmark
 from torch import nn
 
 from attrlib.config import get_profile
@@ -24,29 +24,11 @@ from attrlib.models import ModelConfig, build_model
 
 from nets import random_vgg
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "distill_step.py"
 NUM_CLASSES = 6
 
+bench = load_benchmark("distill_step.py")
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_distill_step", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and threads stall for seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pair() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:

@@ -8,12 +8,12 @@ their cost structure (forwards and backwards per image and class).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmod import load_benchmark
 from torch import nn
 
 import attrlib.evaluate
@@ -26,17 +26,8 @@ from nets import random_vgg
 
 pytest.importorskip("sklearn")
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate.py"
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_evaluate", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("evaluate.py")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ benchmark runs end to end and writes what it reports.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from benchmod import load_benchmark
 
 from attrlib.config import get_profile
 from attrlib.data import VOCClassification, load_classes
@@ -25,29 +24,11 @@ from attrlib.views import TrainViews
 
 from nets import random_vgg
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "distill_throughput.py"
 PROFILE = "smoke"
 
+bench = load_benchmark("distill_throughput.py")
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_distill_throughput", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and threads stall for seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,14 @@ def test_iterative_schedule_resumes_at_the_right_iteration(
     assert "features.0.weight_mask" not in a  # final.pt holds plain weights with zeros
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_loader_workers_leave_a_core_to_training(monkeypatch):
+    from attrlib import stages
+
+    monkeypatch.setattr(stages.os, "cpu_count", lambda: 2)
+    assert stages.loader_workers(4) == 1 and stages.loader_workers(0) == 0
+    monkeypatch.setattr(stages.os, "cpu_count", lambda: 1)
+    assert stages.loader_workers(4) == 0
+    monkeypatch.setattr(stages.os, "cpu_count", lambda: 16)
+    assert stages.loader_workers(4) == 4
