@@ -261,18 +261,18 @@ class CompressionObjective:
         return [] if self.matching == NO_MATCHING else [(self.matching, self.drop_fraction)]
 
     def reference_outputs(
-        self, images: torch.Tensor, views=None
+        self, images: torch.Tensor, views=None, with_map: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The reference's logits (B, K) and map (B, h, w) (None without matching)."""
-        key = target_key(self.matching, self.drop_fraction) if self.kinds else None
-        if self.targets is not None and views is not None and views.epoch < self.warmup_epochs:
-            key = None  # no map needed while the matching term is off
+        """The reference's logits (B, K) and map (B, h, w) (None without matching or when
+        `with_map` is False, as during the matching warm-up)."""
+        kinds = self.kinds if with_map else []
+        key = target_key(*kinds[0]) if kinds else None
         if self.targets is not None:
             if views is None:
                 raise ValueError("cached teacher targets need the batch's views (ViewKeys)")
             return self.targets.lookup(views, key, images.device)
         logits, maps = teacher_outputs(
-            self.teacher, images, self.kinds, self.layer, views, self.view_seed
+            self.teacher, images, kinds, self.layer, views, self.view_seed
         )
         return logits, None if key is None else maps[key]
 
@@ -287,7 +287,7 @@ class CompressionObjective:
             base = F.multilabel_soft_margin_loss(s_logits, labels)
             if not need_grad:  # plain fine-tuning: the reference plays no part, skip its forward
                 return base, {"ce": base.detach()}
-        t_logits, t_maps = self.reference_outputs(images, views)
+        t_logits, t_maps = self.reference_outputs(images, views, with_map=need_grad)
         if self.kd:
             base = kd_loss(s_logits, t_logits, labels, self.temperature, self.alpha)
         logs = {"kd" if self.kd else "ce": base.detach()}

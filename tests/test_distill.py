@@ -193,3 +193,23 @@ def test_dead_student_maps_are_counted_and_get_no_matching_gradient():
     (grad,) = torch.autograd.grad(loss, dead)
     assert torch.count_nonzero(grad) == 0
     assert loss.item() == pytest.approx(1 / 9)  # mean of a unit vector squared over 3x3
+
+
+def test_matching_warmup_is_plain_kd_until_its_epoch():
+    from attrlib.views import ViewKeys
+
+    teacher, student, images = _pair()
+    labels = (torch.rand(4, 6) > 0.5).float()
+    student.eval()  # no dropout: the same batch gives the same KD loss on every call
+    rows = torch.arange(4)
+    warm = CompressionObjective(teacher, "swa", 100.0, warmup_epochs=2)
+    kd_only = CompressionObjective(teacher, "none")
+    loss_kd, _ = kd_only(student, images, labels, ViewKeys(0, rows))
+    for epoch in (0, 1):
+        loss, logs = warm(student, images, labels, ViewKeys(epoch, rows))
+        assert "match" not in logs
+        torch.testing.assert_close(loss, loss_kd, rtol=0, atol=0)
+    loss, logs = warm(student, images, labels, ViewKeys(2, rows))
+    assert logs["match"] > 0 and loss > loss_kd
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        CompressionObjective(teacher, "swa", warmup_epochs=-1)
