@@ -30,7 +30,8 @@ SYNTH_ROOT := data/synthvoc-$(PROFILE)
 DATA_ROOT := $(if $(VOC_ROOT),$(VOC_ROOT),$(SYNTH_ROOT)/VOCdevkit/VOC2012)
 # The data stamp: the synthetic manifest, or the real tree's class split file.
 DATA_STAMP := $(if $(VOC_ROOT),$(VOC_ROOT)/ImageSets/Main/train.txt,$(DATA_ROOT)/synthvoc.json)
-PAPERMILL := $(PY) -m papermill --log-output --no-progress-bar
+# papermill, strictly: unknown parameters are refused and the kernel dies with the runner
+PAPERMILL := $(PY) -m attrlib.nbrun
 
 # Wall time per stage: a timed recipe opens with $(call time_start,STAGE) and ends with
 # $(call time_end,STAGE); the paper rule folds the log into $(RUNS)/timings.csv (spans, not

@@ -390,7 +390,7 @@ class _PruneConfig:
 class PruneOneShotConfig(_PruneConfig):
     """One-shot structured L1 filter pruning + fine-tuning (SPEC: One-shot structured)."""
 
-    out_dir: str = "runs/default/prune_oneshot/p0.3-swa"
+    out_dir: str = "runs/default/prune_oneshot/p0.3-naive"
     rate: float = 0.3  # fraction of filters removed in the first conv and the last six
 
     def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
@@ -406,7 +406,7 @@ class PruneOneShotConfig(_PruneConfig):
 class PruneIterativeConfig(_PruneConfig):
     """Iterative global magnitude pruning, fine-tuning after each step (SPEC: Iterative)."""
 
-    out_dir: str = "runs/default/prune_iterative/swa"
+    out_dir: str = "runs/default/prune_iterative/naive"
     fraction: float | None = None  # of the remaining conv weights pruned per iteration
     iterations: int | None = None
 

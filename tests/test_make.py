@@ -92,7 +92,7 @@ def test_grid_runs_get_their_thread_share(tmp_path):
         "#!/bin/sh\n"
         f'if [ "$2" = attrlib.targets ]; then echo "targets threads=${{OMP_NUM_THREADS:-unset}}"'
         f' >> {log}; for a; do out="$a"; done; touch "$out"; exit 0; fi\n'
-        f'echo "$5 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$6"\n'
+        f'echo "$3 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$4"\n'
     )
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MAKEFLAGS")}
@@ -130,7 +130,7 @@ def _fake_papermill(tmp_path, seconds=0.0):
         "#!/bin/sh\n"
         f'[ "$2" = attrlib.timing ] && exec {sys.executable} "$@"\n'
         f"sleep {seconds}\n"
-        'touch "$6"\n'
+        'touch "$4"\n'
     )
     fake.chmod(0o755)
     return fake

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import nbformat
-import papermill as pm
 import pytest
 
 from attrlib.config import (
@@ -19,6 +18,9 @@ from attrlib.config import (
     TeacherConfig,
     get_profile,
 )
+from attrlib.cost import count_params
+from attrlib.engine import load_model
+from attrlib.nbrun import UnknownParameterError, execute, notebook_parameters
 from attrlib.synthvoc import generate
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -31,6 +33,11 @@ CONFIGS = {
     "05_evaluate": (EvalConfig, {"checkpoint": "checkpoints"}),
     "06_paper": (None, {}),
 }
+
+
+# the evaluation notebook's own parameters: the folder of its figures (each eval.json goes
+# beside its model) and how many models its map grid draws
+NOTEBOOK_ONLY = {"05_evaluate": {"out_dir", "grid_models"}}
 
 
 def _parameters(name: str) -> list[str]:
@@ -61,15 +68,40 @@ def test_stored_without_outputs(path):
 def test_parameters_match_config_fields(name):
     cls, renamed = CONFIGS[name]
     if cls is None:  # the paper notebook only reads results
-        assert _parameters(name) == ["profile", "runs_dir", "out_dir"]
-        return
-    fields = [f.name for f in dataclasses.fields(cls) if f.init]
-    expected = {renamed.get(f, f) for f in fields}
-    if name == "05_evaluate":
-        # the notebook's own figures: their folder (eval.json goes beside each model) and
-        # how many models the map grid draws
-        expected |= {"out_dir", "grid_models"}
+        expected = {"profile", "runs_dir", "out_dir"}
+    else:
+        fields = [f.name for f in dataclasses.fields(cls) if f.init]
+        expected = {renamed.get(f, f) for f in fields} | NOTEBOOK_ONLY.get(name, set())
     assert set(_parameters(name)) == expected
+    # papermill reads each of them (it skips a line it cannot parse, with a warning only)
+    assert set(notebook_parameters(NOTEBOOKS / f"{name}.ipynb")) == expected
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (cls, _) in CONFIGS.items() if cls))
+def test_parameter_defaults_equal_config_defaults(name):
+    """Opened in JupyterLab, a notebook runs the experiment its config would run."""
+    cls, renamed = CONFIGS[name]
+    defaults = notebook_parameters(NOTEBOOKS / f"{name}.ipynb")
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        param = renamed.get(f.name, f.name)
+        if param in NOTEBOOK_ONLY.get(name, ()):
+            continue
+        value = ast.literal_eval(defaults[param])
+        expected = f.default
+        if param != f.name:  # a list of the config's values: one run per entry
+            expected = [expected]
+        elif isinstance(expected, tuple):
+            value = tuple(value)
+        assert value == expected, f"{name}: {param} = {value!r}, {cls.__name__}: {expected!r}"
+
+
+def test_unknown_parameter_is_refused_before_running(tmp_path):
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(UnknownParameterError, match="matchng.*parameters are: profile, "):
+        execute(NOTEBOOKS / "02_distill.ipynb", out, {"matchng": "ewa", "seed": 1})
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +115,12 @@ def smoke_data(tmp_path_factory):
 
 def _execute(name: str, out: Path, **parameters) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb"),
-        str(out / f"{name}.ipynb"),
-        parameters=parameters,
-        progress_bar=False,
-        cwd=str(out),
+    execute(
+        NOTEBOOKS / f"{name}.ipynb",
+        out / f"{name}.ipynb",
+        parameters,
+        log_output=False,
+        cwd=out,
     )
 
 
@@ -128,9 +160,7 @@ def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
         **common,
     )
     cost = json.loads((oneshot / "cost.json").read_text())
-    assert cost["params"] < json.loads((runs / "teacher" / "metrics.json").read_text()).get(
-        "params", float("inf")
-    )
+    assert cost["params"] < count_params(load_model(teacher)[0])
 
     iterative = runs / "prune_iterative" / "swa-s0"
     _execute(

@@ -1,0 +1,157 @@
+"""Run a parameterised notebook headless, strictly: `python -m attrlib.nbrun NB OUT -p k v`.
+
+papermill with two guarantees its command line lacks:
+- A parameter the notebook does not declare is an error listing the notebook's parameters,
+  raised before anything runs (papermill only warns and runs the notebook's default, so a
+  typo such as `-p matchng ewa` silently runs another experiment).
+- The kernel dies with this process. The kernel is started in a session of its own, so a
+  killed `make` recipe used to leave it training and writing into the run folder until its
+  parent poller noticed, a second later; on Linux the kernel now asks the system to kill it
+  the instant its parent exits (PR_SET_PDEATHSIG), which survives the kernel's exec.
+
+Parameter values are read like papermill's `-p` (True/False/None, int, float, else str);
+`-y` takes a YAML mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import papermill as pm
+import yaml
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
+_BOUND = "--bound-kernel"
+_PR_SET_PDEATHSIG = 1
+
+
+def notebook_parameters(path: str | Path) -> dict[str, Any]:
+    """The notebook's declared parameters, name -> default (its cell tagged `parameters`)."""
+    logger = logging.getLogger("papermill")  # inspecting logs "Input Notebook" once more
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        inferred = pm.inspect_notebook(str(path))
+    finally:
+        logger.setLevel(level)
+    return {name: p["default"] for name, p in inferred.items()}
+
+
+class UnknownParameterError(ValueError):
+    """A parameter the notebook does not declare."""
+
+
+def check_parameters(path: str | Path, names) -> None:
+    """Raise UnknownParameterError naming every parameter `path` does not declare, and those it does."""
+    declared = notebook_parameters(path)
+    unknown = sorted(set(names) - set(declared))
+    if unknown:
+        raise UnknownParameterError(
+            f"{path}: unknown parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}; the notebook's parameters are: {', '.join(declared)}"
+        )
+
+
+class BoundKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels are killed by the system when this process exits.
+
+    The kernel talks over local sockets (IPC), not loopback TCP: nothing else on the
+    machine can connect to it, and ipykernel has nothing to warn about.
+    """
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc" if os.name == "posix" else "tcp"
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        cmd = super().format_kernel_cmd(extra_arguments)
+        return [sys.executable, "-m", "attrlib.nbrun", _BOUND, *cmd]
+
+
+def _exec_bound(cmd: list[str]) -> None:
+    """Become `cmd`, to be SIGKILLed as soon as the process that launched us exits."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # the launcher may already be gone (then we were re-parented before the call)
+        parent = os.environ.get("JPY_PARENT_PID")
+        if parent and os.getppid() != int(parent):
+            sys.exit("notebook runner exited before its kernel started")
+    os.execv(cmd[0], cmd)
+
+
+def execute(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    log_output: bool = True,
+    progress_bar: bool = False,
+    cwd: str | Path | None = None,
+) -> None:
+    """Check `parameters` against `notebook`, then execute it into `output` (papermill)."""
+    parameters = parameters or {}
+    check_parameters(notebook, parameters)
+    pm.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=parameters,
+        log_output=log_output,
+        progress_bar=progress_bar,
+        cwd=None if cwd is None else str(cwd),
+        kernel_manager_class=BoundKernelManager,
+    )
+
+
+def parse_value(text: str) -> Any:
+    """A `-p` value as papermill reads it."""
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [_BOUND]:
+        _exec_bound(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m attrlib.nbrun", description=__doc__)
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE")
+    )
+    parser.add_argument("-y", "--yaml", action="append", default=[], help="a YAML mapping")
+    parser.add_argument("--progress-bar", action="store_true")
+    args = parser.parse_args(argv)
+    parameters: dict[str, Any] = {}
+    for text in args.yaml:
+        mapping = yaml.safe_load(text)
+        if not isinstance(mapping, dict):
+            parser.error(f"-y {text!r}: expected a YAML mapping of parameter names to values")
+        parameters.update(mapping)
+    parameters.update({name: parse_value(value) for name, value in args.parameter})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        execute(args.notebook, args.output, parameters, progress_bar=args.progress_bar)
+    except UnknownParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
