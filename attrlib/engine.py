@@ -136,27 +136,73 @@ def make_checkpoint(model: VGGVOC, classes: tuple[str, ...], **extra: Any) -> di
     }
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; `reason` is "unreadable", "unsafe" or "foreign"."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# stage folder -> the make target that rebuilds its runs
+_STAGE_TARGETS = {
+    "teacher": "teacher",
+    "distill": "distill",
+    "prune_oneshot": "prune-oneshot",
+    "prune_iterative": "prune-iterative",
+}
+_KINDS = {"last.pt": "last-epoch checkpoint", "best.pt": "best checkpoint", "final.pt": "model"}
+
+
+def describe_checkpoint(path: str | Path) -> tuple[str, str]:
+    """What a checkpoint is and how to rebuild it: ("best checkpoint of the distill run
+    runs/p/distill/x2-kd-s0", "delete runs/p/distill/x2-kd-s0 and rerun `make distill`")."""
+    path = Path(path)
+    kind = _KINDS.get(path.name, "checkpoint")
+    if path.name == "last.pt":  # see fit: a run whose last.pt is unreadable starts over
+        fix = "rerun its stage: it moves the file aside and trains the run from the start"
+    parts = path.parts[:-1]
+    stages = [i for i, part in enumerate(parts) if part in _STAGE_TARGETS]
+    if not stages:
+        return kind, fix if kind == _KINDS["last.pt"] else "delete it and rerun its stage"
+    i = stages[-1]
+    stage = parts[i]
+    # the unit make rebuilds: the teacher folder, or one run below a compression stage
+    run = Path(*parts[: i + (1 if stage == "teacher" else 2)])
+    what = f"{kind} of the teacher in {run}" if stage == "teacher" else f"{kind} of {run}"
+    if kind != _KINDS["last.pt"]:
+        fix = f"delete {run} and rerun `make {_STAGE_TARGETS[stage]}`"
+    return what, fix
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint dict, read with `weights_only=True`: a file that carries anything but
-    tensors and plain values (e.g. a pickle that would run code) is refused, not executed."""
+    tensors and plain values (e.g. a pickle that would run code) is refused, not executed.
+
+    Every failure is one `CheckpointError` naming the file, what it is (the best checkpoint of
+    which run) and how to rebuild it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    what, fix = describe_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path}: refused to load: it holds objects other than tensors and plain values, "
-            f"which attrlib never writes ({str(e).splitlines()[0]})"
+        raise CheckpointError(
+            f"{path}: refused to load this {what}: it holds objects other than tensors and "
+            f"plain values, which attrlib never writes ({str(e).splitlines()[0]})",
+            "unsafe",
         ) from None
     except (RuntimeError, OSError, EOFError) as e:
-        raise ValueError(
-            f"{path}: unreadable checkpoint (truncated or corrupt: {str(e).splitlines()[0]}); "
-            "delete it and rerun the stage that wrote it"
+        raise CheckpointError(
+            f"{path}: unreadable {what} (truncated or corrupt: {str(e).splitlines()[0]}); {fix}",
+            "unreadable",
         ) from None
-    for key in ("model_config", "classes", "model_state"):
-        if key not in ckpt:
-            raise ValueError(f"{path}: not an attrlib checkpoint (no {key!r} field)")
+    missing = [k for k in ("model_config", "classes", "model_state") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not an attrlib checkpoint (no {missing[0]!r} field)", "foreign"
+        )
     return ckpt
 
 
@@ -270,19 +316,19 @@ def fit(
         "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported()
     )
 
-    if last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("stage_config") != stage_config:
-            raise FileExistsError(
-                f"{out_dir} holds a run with a different config "
-                f"({_diff(ckpt.get('stage_config', {}), stage_config)}); "
-                "choose another out_dir or delete it"
-            )
+    stored = read_json(metrics_path) if metrics_path.exists() else {}
+    if stored.get("finished"):
+        # a finished run needs only its best.pt: a damaged last.pt must not block reloading it
+        _refuse_other_config(out_dir, stored.get("config", {}), stage_config)
+        best_ckpt = load_checkpoint(best_path)
+        check_compatible(best_ckpt, model.config, classes, source=str(best_path))
+        load_state_(model, best_ckpt["model_state"], str(best_path))
+        print(f"{out_dir}: finished run found; loaded best.pt, nothing retrained")
+        return stored
+    ckpt = _resume_checkpoint(last_path)
+    if ckpt is not None:
+        _refuse_other_config(out_dir, ckpt.get("stage_config", {}), stage_config)
         check_compatible(ckpt, model.config, classes, source=str(last_path))
-        if metrics_path.exists() and read_json(metrics_path).get("finished"):
-            load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
-            print(f"{out_dir}: finished run found; loaded best.pt, nothing retrained")
-            return read_json(metrics_path)
         load_state_(model, ckpt["model_state"], source=str(last_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -372,6 +418,31 @@ def fit(
     # Downstream stages use the best epoch, so the caller's model ends as best.pt too.
     load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
     return result
+
+
+def _resume_checkpoint(path: Path) -> dict | None:
+    """The unfinished run's `last.pt`, or None. An unreadable one (a kill mid-write cannot
+    make one, a full disk or a copy can) is moved aside to `last.pt.corrupt` and the run
+    starts over: nothing finished is lost, and the rerun is not blocked forever."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        if e.reason != "unreadable":
+            raise
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        print(f"{e}\n{path.parent}: moved it to {aside.name}; training starts from epoch 1")
+        return None
+
+
+def _refuse_other_config(out_dir: Path, stored: dict, stage_config: dict) -> None:
+    if stored != stage_config:
+        raise FileExistsError(
+            f"{out_dir} holds a run with a different config ({_diff(stored, stage_config)}); "
+            "choose another out_dir or delete it"
+        )
 
 
 def _diff(a: dict, b: dict) -> str:

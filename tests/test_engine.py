@@ -7,6 +7,7 @@ from torch.utils.data import TensorDataset
 from attrlib.config import Recipe
 from attrlib.engine import (
     check_compatible,
+    describe_checkpoint,
     fit,
     load_checkpoint,
     load_model,
@@ -170,9 +171,59 @@ def test_checkpoint_that_carries_code_is_refused_and_runs_nothing(tmp_path, monk
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_truncated_checkpoint_names_the_file_and_the_fix(tmp_path):
-    path = tmp_path / "last.pt"
-    torch.save({"model_state": {"w": torch.zeros(1000)}}, path)
+def _cut(path):
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(ValueError, match=r"last\.pt: unreadable checkpoint .*delete it and rerun"):
-        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_names_the_file_what_it_is_and_the_fix(tmp_path):
+    run = tmp_path / "runs" / "smoke" / "distill" / "x2-kd-s0"
+    run.mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        torch.save({"model_state": {"w": torch.zeros(1000)}}, run / name)
+        _cut(run / name)
+    with pytest.raises(ValueError, match=r"best\.pt: unreadable best checkpoint of .*x2-kd-s0 "):
+        load_checkpoint(run / "best.pt")
+    with pytest.raises(ValueError, match=rf"delete {run} and rerun `make distill`"):
+        load_checkpoint(run / "best.pt")
+    with pytest.raises(ValueError, match=r"last-epoch checkpoint .*trains the run from the start"):
+        load_checkpoint(run / "last.pt")
+
+
+def test_checkpoints_are_described_by_their_run():
+    teacher = describe_checkpoint("runs/p/teacher/best.pt")
+    assert teacher == (
+        "best checkpoint of the teacher in runs/p/teacher",
+        "delete runs/p/teacher and rerun `make teacher`",
+    )
+    what, fix = describe_checkpoint("runs/p/prune_iterative/swa-s0/iter_03/best.pt")
+    assert what == "best checkpoint of runs/p/prune_iterative/swa-s0"
+    assert fix == "delete runs/p/prune_iterative/swa-s0 and rerun `make prune-iterative`"
+    assert describe_checkpoint("elsewhere/model.pt")[1] == "delete it and rerun its stage"
+
+
+def test_corrupt_last_pt_of_a_finished_run_does_not_block_reloading_it(tmp_path):
+    first, metrics = _run(tmp_path)
+    _cut(tmp_path / "last.pt")
+    again, again_metrics = _run(tmp_path)
+    assert again_metrics == metrics
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_corrupt_last_pt_of_an_unfinished_run_is_moved_aside_and_the_run_starts_over(
+    tmp_path, capsys
+):
+    _, full = _run(tmp_path / "full")
+
+    def interrupt(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", on_epoch_end=interrupt)
+    _cut(tmp_path / "cut" / "last.pt")
+    _, metrics = _run(tmp_path / "cut")
+    assert "moved it to last.pt.corrupt; training starts from epoch 1" in capsys.readouterr().out
+    assert (tmp_path / "cut" / "last.pt.corrupt").is_file()
+    strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
+    assert strip(metrics) == strip(full)
