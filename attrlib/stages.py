@@ -60,6 +60,22 @@ def build_datasets(data_root: str, profile: str, classes: tuple[str, ...] | None
     return train, val, classes
 
 
+def mask_samples(
+    data_root: str, classes: tuple[str, ...], count: int = 6, size: int = 96
+) -> tuple[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """Up to `count` images with their masks, for a look at the data: (split, (images,
+    masks, labels)) from the first segmentation split listing any (train, then val), or None
+    when the data set has no segmentation split (classification-only trees)."""
+    for split in ("train", "val"):
+        listing = Path(data_root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if listing.is_file() and listing.read_text().split():
+            samples = VOCLocalization(data_root, split, classes, size=size)
+            items = [samples[i] for i in range(min(count, len(samples)))]
+            images, labels, masks = (torch.stack(t) for t in zip(*items, strict=True))
+            return split, (images, masks, labels)
+    return None
+
+
 def load_reference(path: str, data_root: str, device) -> tuple[VGGVOC, tuple[str, ...]]:
     """A trained reference network (teacher / unpruned) checked against the data's classes."""
     classes = load_classes(data_root)

@@ -9,6 +9,7 @@ import torch
 
 import attrlib.stages as stages
 from attrlib.config import DistillConfig, PruneIterativeConfig, TeacherConfig
+from attrlib.data import load_classes
 from attrlib.engine import load_checkpoint, make_checkpoint
 from attrlib.io import save_torch_atomic
 
@@ -107,3 +108,17 @@ def test_loader_workers_leave_a_core_to_training(monkeypatch):
     assert stages.loader_workers(4) == 0
     monkeypatch.setattr(stages.os, "cpu_count", lambda: 16)
     assert stages.loader_workers(4) == 4
+
+
+def test_mask_samples_take_what_exists(synth_root, tiny_voc_tree):
+    classes = load_classes(synth_root)
+    split, (images, masks, labels) = stages.mask_samples(str(synth_root), classes, count=100)
+    listed = (synth_root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    assert split == "train" and images.shape[0] == masks.shape[0] == labels.shape[0] == len(listed)
+    root = tiny_voc_tree
+    seg = root / "ImageSets" / "Segmentation"
+    (seg / "train.txt").unlink()
+    split, (images, _, _) = stages.mask_samples(str(root), classes, count=3)
+    assert split == "val" and images.shape[0] == 3
+    (seg / "val.txt").write_text("")
+    assert stages.mask_samples(str(root), classes) is None
