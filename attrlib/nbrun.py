@@ -27,7 +27,6 @@ from typing import Any
 import papermill as pm
 import yaml
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import default
 
 _BOUND = "--bound-kernel"
 _PR_SET_PDEATHSIG = 1
@@ -61,15 +60,7 @@ def check_parameters(path: str | Path, names) -> None:
 
 
 class BoundKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels are killed by the system when this process exits.
-
-    The kernel talks over local sockets (IPC), not loopback TCP: nothing else on the
-    machine can connect to it, and ipykernel has nothing to warn about.
-    """
-
-    @default("transport")
-    def _transport_default(self) -> str:
-        return "ipc" if os.name == "posix" else "tcp"
+    """A kernel manager whose kernels are killed by the system when this process exits."""
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         cmd = super().format_kernel_cmd(extra_arguments)

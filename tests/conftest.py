@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from attrlib.synthvoc import generate
 
+ROOT = Path(__file__).resolve().parent.parent
 SYNTH_PARAMS = {"n_train": 24, "n_val": 8, "image_size": 48, "seed": 0}
 
 
@@ -49,3 +52,28 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class SmokeStudy:
+    """An uninterrupted `make all PROFILE=smoke`: its runs and data folders and its command."""
+
+    runs: Path
+    data: Path
+    command: tuple[str, ...]
+
+
+def smoke_make(runs: Path, data: Path, *extra: str) -> list[str]:
+    """The smoke study's `make all` writing into `runs`, its synthetic data in `data`."""
+    return ["make", "all", "PROFILE=smoke", f"RUNS={runs}", f"SYNTH_ROOT={data}", *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
+    """The whole smoke study, run once per session for the slow tests that read or compare
+    with it; do not modify its folders."""
+    base = tmp_path_factory.mktemp("smoke_study")
+    command = smoke_make(base / "runs", base / "data")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return SmokeStudy(base / "runs", base / "data", tuple(command))

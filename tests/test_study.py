@@ -12,11 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_make_all_smoke_builds_every_artefact(tmp_path):
-    runs, data = tmp_path / "runs", tmp_path / "data"
-    make = ["make", "all", "PROFILE=smoke", f"RUNS={runs}", f"SYNTH_ROOT={data}"]
-    done = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def test_make_all_smoke_builds_every_artefact(smoke_study):
+    runs, make = smoke_study.runs, list(smoke_study.command)
 
     expected = [
         "teacher/01_teacher.ipynb",
