@@ -8,6 +8,10 @@ papermill with two guarantees its command line lacks:
   killed `make` recipe used to leave it training and writing into the run folder until its
   parent poller noticed, a second later; on Linux the kernel now asks the system to kill it
   the instant its parent exits (PR_SET_PDEATHSIG), which survives the kernel's exec.
+  Ctrl-C or SIGTERM ends this process at once, and with it the kernel: papermill would
+  interrupt the kernel and wait for it to shut down, printing the interrupted cell's
+  KeyboardInterrupt while the kernel goes on writing. The executed notebook of an
+  interrupted run is not written (make keeps only a finished one anyway).
 
 Parameter values are read like papermill's `-p` (True/False/None, int, float, else str);
 `-y` takes a YAML mapping.
@@ -115,10 +119,18 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def _exit_now(signum: int, frame) -> None:
+    print(f"attrlib.nbrun: {signal.Signals(signum).name}, stopped with the kernel", file=sys.stderr)
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [_BOUND]:
         _exec_bound(argv[1:])
+    if sys.platform.startswith("linux"):  # elsewhere papermill's own shutdown stops the kernel
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _exit_now)
     parser = argparse.ArgumentParser(prog="python -m attrlib.nbrun", description=__doc__)
     parser.add_argument("notebook", type=Path)
     parser.add_argument("output", type=Path)

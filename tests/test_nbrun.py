@@ -76,8 +76,12 @@ def test_cli_runs_with_p_and_y_and_refuses_a_misspelling(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_killing_the_runner_kills_its_kernel_at_once(tmp_path):
-    """SIGKILL to the runner alone: its kernel stops writing within a fraction of a second."""
+@pytest.mark.parametrize(
+    "signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+)
+def test_killing_the_runner_kills_its_kernel_at_once(tmp_path, signum):
+    """A signal to the runner alone: its kernel stops writing within a fraction of a second,
+    and no KeyboardInterrupt of the kernel's reaches the log."""
     beat = tmp_path / "beat"
     nb = _notebook(
         tmp_path / "loop.ipynb",
@@ -97,13 +101,14 @@ def test_killing_the_runner_kills_its_kernel_at_once(tmp_path):
             time.sleep(0.05)
         kernel = int(Path(f"{beat}.pid").read_text())
         assert kernel != proc.pid and _alive(kernel)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        os.kill(proc.pid, signum)
+        assert proc.wait(10) != 0
         time.sleep(0.3)
         assert not _alive(kernel), "the kernel outlived its runner"
         size = beat.stat().st_size
         time.sleep(0.3)
         assert beat.stat().st_size == size, "something still writes"
+        assert "KeyboardInterrupt" not in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
