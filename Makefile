@@ -125,7 +125,7 @@ results:
 	cp $(RESULT_FILES) $(RESULTS)/
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '/^#/!q;p' Makefile
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -200,8 +200,15 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check attrlib tests benchmarks
 
 # JupyterLab only when asked for: the batch run needs papermill and a kernel, not the editor.
+# lab-install brings it (and the browser test's drivers) without starting a server; the slow
+# suite needs it for tests/test_lab.py. LAB_PORT=n picks the port (default: JupyterLab's);
+# JupyterLab refuses root without --allow-root, and CI and these machines run as root.
+LAB_PORT ?=
+.PHONY: lab-install
 lab: $(VENV)/.installed-lab
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab notebooks $(if $(LAB_PORT),--port $(LAB_PORT)) $(if $(filter 0,$(shell id -u)),--allow-root)
+lab-install: $(VENV)/.installed-lab
+test-slow: $(VENV)/.installed-lab
 $(VENV)/.installed-lab: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lab]'
 	@touch $@
