@@ -1,6 +1,7 @@
 # Attribution-preserving compression study. Quick start:
 #   make all     # environment, data, every stage, tables and figures (PROFILE=default)
 #   make test    # the test suite
+#   make check-data  # read every listed image, annotation and mask, list every problem
 # PROFILE=smoke|default|voc selects the profile; VOC_ROOT=/path/to/VOCdevkit/VOC2012 uses
 # real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc);
 # SEEDS: seeds of every compression setting (default profile 0 1 2, smoke and voc 0;
@@ -104,7 +105,7 @@ word_of = $(word $(1),$(subst -, ,$(2)))
 # numbers only at the same thread count); the teacher, evaluation and paper use every core.
 GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 
-.PHONY: all venv data teacher targets distill prune prune-oneshot prune-iterative evaluate paper bench \
+.PHONY: all venv data check-data teacher targets distill prune prune-oneshot prune-iterative evaluate paper bench \
 	timings results test test-slow lint lab clean clean-runs help
 
 all: paper
@@ -145,8 +146,18 @@ $(VOC_ROOT)/ImageSets/Main/train.txt:
 	$(error VOC_ROOT=$(VOC_ROOT) has no ImageSets/Main/train.txt; point VOC_ROOT at VOCdevkit/VOC2012)
 endif
 
+# Real data is read whole before the teacher trains on it: every missing or unreadable file
+# listed at once, not the first one found hours into a run (the stamp gates the teacher).
+DATA_CHECKED := $(RUNS)/.data-checked
+CHECK_GATE := $(if $(or $(VOC_ROOT),$(filter voc,$(PROFILE))),$(DATA_CHECKED))
+check-data: $(DATA_STAMP) | $(STAMP)
+	$(PY) -m attrlib.data check $(DATA_ROOT)
+$(DATA_CHECKED): $(DATA_STAMP) | $(STAMP)
+	$(PY) -m attrlib.data check $(DATA_ROOT)
+	@mkdir -p $(dir $@) && touch $@
+
 teacher: $(RUNS)/teacher/01_teacher.ipynb
-$(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_STAMP) | $(STAMP)
+$(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_STAMP) | $(STAMP) $(CHECK_GATE)
 	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p seed $(SEED) -p data_root $(DATA_ROOT) -p out_dir $(RUNS)/teacher -p weights '$(TEACHER_WEIGHTS)')
 
 # The teacher's logits and matching maps for every training view, computed once and read by

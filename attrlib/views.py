@@ -153,7 +153,8 @@ class TrainViews(Dataset):
     """Items (decoded uint8 image (3, H, W), labels (K,), index) of a classification set.
 
     The images are turned into views a whole batch at a time by `ViewCollate`; `dataset`
-    is a `VOCClassification` (its decoded-image cache makes later epochs cheap).
+    is a `VOCClassification` (without DataLoader workers its decoded-image cache makes later
+    epochs cheap; workers decode beside training instead: see `attrlib.data.ItemCache`).
     """
 
     def __init__(self, dataset, spec: ViewSpec) -> None:

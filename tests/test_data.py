@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from attrlib.data import (
     MEAN,
@@ -68,6 +68,11 @@ def test_read_split(synth_root: Path, synth_params: dict, tmp_path: Path) -> Non
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         read_split(missing, "train")
+    empty = tmp_path / "ImageSets" / "Main" / "train.txt"
+    empty.parent.mkdir(parents=True)
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"Main/train\.txt lists no images"):
+        read_split(tmp_path, "train")
 
 
 def test_parse_labels_counts_difficult(tmp_path: Path) -> None:
@@ -162,7 +167,57 @@ def test_cache_does_not_change_results(synth_root: Path) -> None:
             torch.manual_seed(epoch)
             outputs[key] = torch.stack([ds[i][0] for i in range(4)])  # (4, 3, 32, 32)
         torch.testing.assert_close(outputs["cached"], outputs["fresh"])
-    assert cached._images[0] is not None and fresh._images[0] is None
+    assert len(cached.cache) == 4 and len(fresh.cache) == 0
+
+
+def test_cache_keeps_to_its_budget(synth_root: Path) -> None:
+    two = sum(
+        VOCClassification(synth_root, "train").image(i).untyped_storage().nbytes() for i in (0, 1)
+    )
+    ds = VOCClassification(synth_root, "train", cache_bytes=two)
+    fresh = VOCClassification(synth_root, "train", cache=False)
+    for _ in range(2):
+        for i in range(len(ds)):
+            torch.testing.assert_close(ds[i][0], fresh[i][0], rtol=0, atol=0)
+    assert len(ds.cache) == 2 and ds.cache.nbytes == two  # the first two, then no more
+    assert ds.cache.get(0) is not None and ds.cache.get(2) is None
+
+
+class _WithCacheSize(Dataset):
+    """Items (image, labels, how many images the cache held right after reading this one)."""
+
+    def __init__(self, dataset: VOCClassification) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, labels = self.dataset[index]
+        return image, labels, len(self.dataset.cache)
+
+
+def test_cache_grows_in_the_main_process_only(synth_root: Path) -> None:
+    """DataLoader workers read the main process's cache but never add to it (a worker's
+    copy would die with the worker); the batches are the same whoever decodes."""
+    ds = VOCClassification(synth_root, "train", transform=eval_transform(32))
+    fresh = VOCClassification(synth_root, "train", transform=eval_transform(32), cache=False)
+
+    def batches(dataset, workers):
+        loader = DataLoader(_WithCacheSize(dataset), batch_size=8, num_workers=workers)
+        return list(loader)
+
+    expected = batches(fresh, 0)
+    in_workers = batches(ds, 2)
+    assert all((sizes == 0).all() for _, _, sizes in in_workers)  # workers kept nothing
+    assert len(ds.cache) == 0  # nor did the main process, which decoded nothing
+    in_main = batches(ds, 0)
+    assert len(ds.cache) == len(ds)
+    after = batches(ds, 2)  # forked after the main-process pass: the workers read its cache
+    assert all((sizes == len(ds)).all() for _, _, sizes in after)
+    for got in (in_workers, in_main, after):
+        for (images, labels, _), (images0, labels0, _) in zip(got, expected, strict=True):
+            assert torch.equal(images, images0) and torch.equal(labels, labels0)
 
 
 def test_classification_errors_name_the_file(tiny_voc_tree: Path, tmp_path: Path) -> None:
@@ -253,6 +308,13 @@ def test_localization_errors_name_the_file(tiny_voc_tree: Path) -> None:
     ds = VOCLocalization(voc, "val", size=32)
     with pytest.raises(ValueError, match=rf"{name}\.png: mask size .* does not match image"):
         ds[0]
+    odd = np.asarray(mask).copy()
+    odd[0, :2] = (len(SYNTH_CLASSES) + 1, 42)  # no class, not void
+    odd = Image.fromarray(odd, mode="P")
+    odd.putpalette(mask.getpalette())  # without one, PIL renumbers the indices it saves
+    odd.save(png)
+    with pytest.raises(ValueError, match=rf"{name}\.png: mask values 11, 42 are neither"):
+        VOCLocalization(voc, "val", size=32)[0]
     mask.convert("RGB").save(png)
     with pytest.raises(ValueError, match=rf"{name}\.png: a mask must be a palette"):
         VOCLocalization(voc, "val", size=32)[0]
@@ -269,6 +331,8 @@ def test_localization_cache_keeps_resized_items(tiny_voc_tree: Path) -> None:
     cached = VOCLocalization(tiny_voc_tree, "val", size=40)
     uncached = VOCLocalization(tiny_voc_tree, "val", size=40, cache=False)
     first = cached[0]
+    for got, want in zip(first, uncached[0], strict=True):  # same item, cached or not
+        assert torch.equal(got, want) and got.dtype == want.dtype
     (tiny_voc_tree / "JPEGImages" / f"{cached.ids[0]}.jpg").unlink()  # the disk copy is gone
     again = cached[0]
     assert again[0] is first[0] and torch.equal(again[2], first[2])  # served from memory

@@ -68,6 +68,12 @@ def test_smoke_and_voc_run_one_seed(tmp_path):
         )
         assert "distill/x2-kd-s0/" in text and "prune_iterative/swa-s0/" in text, profile
         assert "-s1/" not in text, profile
+        # real data is read whole before the teacher trains on it; the embedded set is not
+        check = text.find("attrlib.data check")
+        if profile == "voc":
+            assert -1 < check < text.index("01_teacher.ipynb"), "no data check before the teacher"
+        else:
+            assert check == -1
 
 
 def test_voc_profile_needs_a_real_tree(tmp_path):
