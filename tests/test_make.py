@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,44 @@ def test_stage_seeds_repeat_only_that_stage(tmp_path):
     )
     assert "prune_oneshot/p0.5-swa-s1/" in text and "prune_iterative/naive-s1/" in text
     assert "distill/x2-kd-s0/" in text and "distill/x2-kd-s1/" not in text
+
+
+def test_data_regenerated_byte_for_byte_reruns_nothing(synth_root, tmp_path):
+    """The teacher (and all after it) depends on the data's content, not on its file times."""
+    log = tmp_path / "ran.log"
+    fake = tmp_path / "python"  # the real python for the digest, a logging stand-in otherwise
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'[ "$2" = attrlib.data ] && exec {sys.executable} "$@"\n'
+        f'[ "$2" = attrlib.timing ] && exit 0\n'
+        f'echo "$3" >> {log}; touch "$4"\n'
+    )
+    fake.chmod(0o755)
+    data = tmp_path / "data"
+    voc = data / "VOCdevkit" / "VOC2012"
+    make = [
+        "make",
+        "teacher",
+        "PROFILE=smoke",
+        f"PY={fake}",
+        f"RUNS={tmp_path}/runs",
+        f"SYNTH_ROOT={data}",
+    ]
+
+    def teacher_runs() -> int:
+        subprocess.run(make, cwd=ROOT, env=_clean_env(), capture_output=True, check=True)
+        return log.read_text().count("01_teacher") if log.exists() else 0
+
+    shutil.copytree(synth_root, voc)
+    assert teacher_runs() == 1
+    assert teacher_runs() == 1  # nothing new
+    shutil.rmtree(data)
+    time.sleep(0.01)
+    shutil.copytree(synth_root, voc, copy_function=shutil.copyfile)  # same bytes, new times
+    assert teacher_runs() == 1
+    quiet = subprocess.run([*make, "-q"], cwd=ROOT, env=_clean_env(), capture_output=True)
+    assert quiet.returncode == 0, "make -q: the teacher looks out of date"
+    image = next((voc / "JPEGImages").glob("*.jpg"))
+    image.write_bytes(image.read_bytes() + b"\0")
+    (voc / "synthvoc.json").touch()  # a regeneration writes its manifest anew
+    assert teacher_runs() == 2
