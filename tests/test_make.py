@@ -98,6 +98,7 @@ def test_grid_runs_get_their_thread_share(tmp_path):
     fake = tmp_path / "python"  # stands in for papermill and the targets builder: logs threads
     fake.write_text(
         "#!/bin/sh\n"
+        f'[ "$2" = attrlib.data ] && exec {sys.executable} "$@"\n'
         f'if [ "$2" = attrlib.targets ]; then echo "targets threads=${{OMP_NUM_THREADS:-unset}}"'
         f' >> {log}; for a; do out="$a"; done; touch "$out"; exit 0; fi\n'
         f'echo "$3 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$4"\n'
