@@ -56,36 +56,20 @@ define run_notebook
 	@mv $(dir $(2)).partial-$(notdir $(2)) $(2) && $(call time_end,$(call stage_of,$(2)))
 endef
 
-# The study's grid per profile (run names: distill/x<width>-<method>-s<seed>,
-# prune_oneshot/p<rate>-<method>-s<seed>, prune_iterative/<method>-s<seed>).
-ifeq ($(PROFILE),voc)
-SEEDS ?= 0
-DISTILL_WIDTHS := 2 4 8
-DISTILL_METHODS := kd ewa swa sswa
-PRUNE_RATES := 0.3 0.5 0.7
-ONESHOT_METHODS := naive swa sswa
-ITERATIVE_METHODS := naive swa sswa
-else ifeq ($(PROFILE),smoke)
-SEEDS ?= 0
-DISTILL_WIDTHS := 2
-DISTILL_METHODS := kd swa
-PRUNE_RATES := 0.5
-ONESHOT_METHODS := naive swa
-ITERATIVE_METHODS := naive swa
-else
-SEEDS ?= 0 1 2
-DISTILL_WIDTHS := 2 4
-DISTILL_METHODS := kd ewa swa sswa
-PRUNE_RATES := 0.3 0.5 0.7
-ONESHOT_METHODS := naive swa sswa
-ITERATIVE_METHODS := naive swa
+# The study's grid comes from the profile itself (attrlib/config.py, written once; run names:
+# distill/x<width>-<method>-s<seed>, prune_oneshot/p<rate>-<method>-s<seed>,
+# prune_iterative/<method>-s<seed>; the method words and their notebook parameters are
+# attrlib/study.py's COMPRESSION). make writes the included file first and restarts itself;
+# goals that run no stage skip it (they need no venv).
+GRID_MK := $(RUNS)/.grid.mk
+NO_GRID_GOALS := help clean clean-runs venv test test-slow lint lab lab-install results
+ifneq ($(filter-out $(NO_GRID_GOALS),$(or $(MAKECMDGOALS),all)),)
+-include $(GRID_MK)
 endif
-# method name -> notebook parameters
-MATCH_kd := -p matching none
-MATCH_naive := -p matching none
-MATCH_ewa := -p matching ewa
-MATCH_swa := -p matching swa
-MATCH_sswa := -p matching swa -p drop_fraction 0.3
+$(GRID_MK): attrlib/config.py attrlib/study.py | $(STAMP)
+	@mkdir -p $(dir $@)
+	$(VENV)/bin/python -m attrlib.study grid $(PROFILE) > $@.tmp && mv $@.tmp $@
+SEEDS ?= $(GRID_SEEDS)
 
 TEACHER_NB := $(RUNS)/teacher/01_teacher.ipynb
 TEACHER_CKPT := $(RUNS)/teacher/best.pt

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "onecycle", "constant")
@@ -83,6 +85,10 @@ class Profile:
     matching_layer: str = "pool"
     view_seed: int = 0  # seed of the training views shared by every run (attrlib.views)
     matching_warmup: int = 0  # distillation epochs of KD alone before matching starts
+    # the grid of `make all`: words of attrlib.study.COMPRESSION per stage
+    distill_methods: tuple[str, ...] = ("kd", "ewa", "swa", "sswa")
+    oneshot_methods: tuple[str, ...] = ("naive", "swa", "sswa")
+    iterative_methods: tuple[str, ...] = ("naive", "swa", "sswa")
 
 
 PROFILES: dict[str, Profile] = {
@@ -100,6 +106,9 @@ PROFILES: dict[str, Profile] = {
         iterative_steps=2,
         matching_layer="attribution",  # at 32 px the pooled map is 1x1: nothing to match
         synth=SynthSpec(n_train=48, n_val=16, image_size=40),
+        distill_methods=("kd", "swa"),
+        oneshot_methods=("naive", "swa"),
+        iterative_methods=("naive", "swa"),
     ),
     "default": Profile(
         name="default",
@@ -148,6 +157,7 @@ PROFILES: dict[str, Profile] = {
         prune_matching_lambda=18.0,
         seeds=(0, 1, 2),
         synth=SynthSpec(n_train=3000, n_val=500, image_size=120),
+        iterative_methods=("naive", "swa"),  # stochastic SWA left out for time
     ),
     "voc": Profile(
         name="voc",
@@ -176,6 +186,8 @@ def get_profile(name: str) -> Profile:
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    import torch  # here: the grid (`python -m attrlib.study grid`) reads profiles without it
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -198,100 +210,147 @@ def recipe_overrides(cfg: object, base: Recipe) -> Recipe:
     return dataclasses.replace(base, **changes)
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
-    """Train the teacher (SPEC: Training recipes, Teacher)."""
+DATA_ROOT = "data/synthvoc-default/VOCdevkit/VOC2012"  # the default profile's generated set
+TEACHER = "runs/default/teacher/best.pt"
+# Fields added after runs were made: left out of `to_dict` while they hold their default,
+# so a finished run of before still matches its config and is reloaded, not refused.
+ADDED = {"omit_if_default": True}
 
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What every stage config has: a profile, the data, an output folder, seed and device.
+
+    `__post_init__` fills the None fields the profile decides (`_profile_defaults`), derives
+    what follows from them (`_resolve`) and validates (`_check`); a subclass extends each.
+    """
+
+    stage: ClassVar[str] = ""
     profile: str = "default"
-    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"  # a VOC2012-layout folder
-    out_dir: str = "runs/default/teacher"
+    data_root: str = DATA_ROOT  # a VOC2012-layout folder
+    out_dir: str = ""
     seed: int = 0
     device: str = "auto"
-    width_div: int | None = None  # None: the profile's teacher width
-    weights: str = ""  # optional local torchvision vgg16_bn weights file (width_div=1 only)
+
+    def __post_init__(self) -> None:
+        prof = get_profile(self.profile)
+        _fill_from(self, self._profile_defaults(prof))
+        self._resolve(prof)
+        self._check(prof)
+
+    def _profile_defaults(self, prof: Profile) -> dict:
+        return {}
+
+    def _resolve(self, prof: Profile) -> None:
+        pass
+
+    def _check(self, prof: Profile) -> None:
+        pass
+
+    def to_dict(self) -> dict:
+        """The config as stored in `config.json` and checkpoints."""
+        values = asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("omit_if_default") and values[f.name] == f.default:
+                del values[f.name]
+        return values
+
+
+@dataclass(frozen=True)
+class TrainConfig(StageConfig):
+    """A stage that trains: the profile's recipe for it, with these fields overriding."""
+
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
     recipe: Recipe = field(init=False)
 
-    def __post_init__(self) -> None:
-        prof = get_profile(self.profile)
-        _fill_from(self, {"width_div": prof.teacher_width_div})
-        object.__setattr__(self, "recipe", recipe_overrides(self, prof.teacher))
+    def _base_recipe(self, prof: Profile) -> Recipe:
+        raise NotImplementedError
+
+    def _resolve(self, prof: Profile) -> None:
+        super()._resolve(prof)
+        object.__setattr__(self, "recipe", recipe_overrides(self, self._base_recipe(prof)))
+
+
+@dataclass(frozen=True)
+class TeacherConfig(TrainConfig):
+    """Train the teacher (SPEC: Training recipes, Teacher)."""
+
+    stage: ClassVar[str] = "teacher"  # its folder under runs/<profile>/, in config.json
+
+    out_dir: str = "runs/default/teacher"
+    width_div: int | None = None  # None: the profile's teacher width
+    weights: str = ""  # optional local torchvision vgg16_bn weights file (width_div=1 only)
+
+    def _profile_defaults(self, prof: Profile) -> dict:
+        return {**super()._profile_defaults(prof), "width_div": prof.teacher_width_div}
+
+    def _base_recipe(self, prof: Profile) -> Recipe:
+        return prof.teacher
+
+    def _check(self, prof: Profile) -> None:
+        super()._check(prof)
         if self.weights and self.width_div != 1:
             raise ValueError(f"weights={self.weights!r} needs width_div=1, got {self.width_div}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 STUDENT_WIDTH_DIVS = (2, 4, 8)
 
 
-def _check_matching(matching: str, matching_lambda: float, drop_fraction: float) -> None:
-    """Shared validation of the matching fields of the compression stages."""
-    from attrlib.distill import MATCHINGS, NO_MATCHING
+@dataclass(frozen=True)
+class CompressionConfig(TrainConfig):
+    """A network trained against a reference: its loss + lambda x matching(maps, reference's)."""
 
-    if matching != NO_MATCHING and matching not in MATCHINGS:
-        raise ValueError(
-            f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {matching!r}"
-        )
-    if matching_lambda < 0:
-        raise ValueError(f"matching_lambda must be >= 0, got {matching_lambda}")
-    if not 0.0 <= drop_fraction < 1.0:
-        raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
-    if drop_fraction > 0 and matching == NO_MATCHING:
-        raise ValueError("drop_fraction > 0 needs a matching loss (stochastic SWA)")
+    teacher: str = TEACHER  # the reference checkpoint
+    matching: str = "none"  # none | a name in attrlib.distill.MATCHINGS (ewa, swa, plugins')
+    drop_fraction: float = 0.0  # stochastic SWA: fraction of teacher channel weights zeroed
+    matching_lambda: float | None = None  # None: the profile's lambda for this stage
+    matching_layer: str | None = None  # None: the profile's (attrlib.models.MATCHING_LAYERS)
+    teacher_targets: str = ""  # cached teacher outputs (attrlib.targets); "" = run the teacher
 
+    def _profile_defaults(self, prof: Profile) -> dict:
+        return {**super()._profile_defaults(prof), "matching_layer": prof.matching_layer}
 
-def _check_layer(layer: str) -> None:
-    from attrlib.models import MATCHING_LAYERS
+    def _check(self, prof: Profile) -> None:
+        from attrlib.distill import check_matching
+        from attrlib.models import MATCHING_LAYERS
 
-    if layer not in MATCHING_LAYERS:
-        raise ValueError(f"matching_layer must be one of {MATCHING_LAYERS}, got {layer!r}")
+        super()._check(prof)
+        if self.matching_layer not in MATCHING_LAYERS:
+            raise ValueError(
+                f"matching_layer must be one of {MATCHING_LAYERS}, got {self.matching_layer!r}"
+            )
+        check_matching(self.matching, self.matching_lambda, self.drop_fraction)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(CompressionConfig):
     """Distil a student from a teacher checkpoint (SPEC: Distillation, matching regularisers)."""
 
-    profile: str = "default"
-    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
-    teacher: str = "runs/default/teacher/best.pt"  # teacher checkpoint
+    stage: ClassVar[str] = "distill"  # its folder under runs/<profile>/, in config.json
+
     out_dir: str = "runs/default/distill/x2-kd"
-    seed: int = 0
-    device: str = "auto"
     width_div: int = 2  # the student's widths = the teacher's // width_div (x2, x4, x8)
-    matching: str = "none"  # none | a name in attrlib.distill.MATCHINGS (ewa, swa)
-    drop_fraction: float = 0.0  # stochastic SWA: fraction of teacher channel weights zeroed
-    matching_lambda: float | None = None  # None: the profile's lambda (100 in the paper)
-    matching_layer: str | None = None  # None: the profile's (attrlib.models.MATCHING_LAYERS)
-    teacher_targets: str = ""  # cached teacher outputs (attrlib.targets); "" = run the teacher
     matching_warmup: int | None = None  # epochs of KD alone first; None: the profile's
     temperature: float = 4.0
     alpha: float = 0.9
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    recipe: Recipe = field(init=False)
 
-    def __post_init__(self) -> None:
-        prof = get_profile(self.profile)
-        _fill_from(
-            self,
-            {
-                "matching_lambda": prof.matching_lambda,
-                "matching_layer": prof.matching_layer,
-                "matching_warmup": prof.matching_warmup,
-            },
-        )
-        object.__setattr__(self, "recipe", recipe_overrides(self, prof.distill))
-        _check_layer(self.matching_layer)
+    def _profile_defaults(self, prof: Profile) -> dict:
+        return {
+            **super()._profile_defaults(prof),
+            "matching_lambda": prof.matching_lambda,
+            "matching_warmup": prof.matching_warmup,
+        }
+
+    def _base_recipe(self, prof: Profile) -> Recipe:
+        return prof.distill
+
+    def _check(self, prof: Profile) -> None:
+        super()._check(prof)
         if self.width_div not in STUDENT_WIDTH_DIVS:
             raise ValueError(f"width_div must be one of {STUDENT_WIDTH_DIVS}, got {self.width_div}")
-        _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
         if not 0 <= self.matching_warmup < self.recipe.epochs:
             raise ValueError(
                 f"matching_warmup must be in [0, epochs={self.recipe.epochs}), "
@@ -302,124 +361,123 @@ class DistillConfig:
                 f"need temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}"
             )
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(StageConfig):
     """Evaluate one checkpoint (SPEC: Evaluation); results go beside it unless out_dir is set."""
 
-    profile: str = "default"
-    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
-    checkpoint: str = "runs/default/teacher/best.pt"
-    teacher: str = ""  # reference checkpoint for the agreement columns ("" = none)
+    stage: ClassVar[str] = "evaluate"  # its folder under runs/<profile>/, in config.json
+
     out_dir: str = ""  # "" = the checkpoint's folder
-    methods: tuple[str, ...] = ("gradcam", "ebp", "lrp", "rap")
+    checkpoint: str = TEACHER
+    teacher: str = ""  # reference checkpoint for the agreement columns ("" = none)
+    methods: tuple[str, ...] = ()  # names in attrlib.attribution.METHODS; () = every one
     batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
     overwrite: bool = False  # replace an existing eval.json made with another config
 
-    def __post_init__(self) -> None:
+    def _resolve(self, prof: Profile) -> None:
         from attrlib.attribution import METHODS
 
-        get_profile(self.profile)
-        object.__setattr__(self, "methods", tuple(self.methods))
+        super()._resolve(prof)
+        object.__setattr__(self, "methods", tuple(self.methods) or tuple(METHODS.names()))
         if not self.out_dir:
             object.__setattr__(self, "out_dir", str(Path(self.checkpoint).parent))
+
+    def _check(self, prof: Profile) -> None:
+        from attrlib.attribution import METHODS
+
+        super()._check(prof)
         unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
+        if unknown:
             raise ValueError(
                 f"methods must be names in {METHODS.names()}, got {list(self.methods)}"
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _prune_lambda(prof: Profile) -> float:
-    if prof.prune_matching_lambda is None:
-        return prof.matching_lambda
-    return prof.prune_matching_lambda
-
 
 @dataclass(frozen=True)
-class _PruneConfig:
-    """Fields and checks shared by the two pruning stages (CE + lambda x matching)."""
+class _PruneConfig(CompressionConfig):
+    """What the two pruning stages share: the network to prune, its reference, a criterion."""
 
-    profile: str = "default"
-    data_root: str = "data/synthvoc-default/VOCdevkit/VOC2012"
-    model: str = "runs/default/teacher/best.pt"  # checkpoint to prune
     teacher: str = ""  # reference for matching; "" = the unpruned `model`
-    out_dir: str = ""
-    seed: int = 0
-    device: str = "auto"
-    matching: str = "none"
-    drop_fraction: float = 0.0
-    matching_lambda: float | None = None
-    matching_layer: str | None = None
-    teacher_targets: str = ""  # cached outputs of `teacher` (attrlib.targets); "" = run it
-    epochs: int | None = None  # fine-tuning epochs (per iteration when iterative)
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    recipe: Recipe = field(init=False)
+    model: str = TEACHER  # checkpoint to prune
 
-    def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
-        """(defaults of None fields, base recipe) that this stage takes from the profile."""
-        raise NotImplementedError
+    def _profile_defaults(self, prof: Profile) -> dict:
+        lam = prof.prune_matching_lambda
+        return {
+            **super()._profile_defaults(prof),
+            "matching_lambda": prof.matching_lambda if lam is None else lam,
+        }
 
-    def __post_init__(self) -> None:
-        prof = get_profile(self.profile)
-        defaults, base = self._profile_values(prof)
-        _fill_from(self, {**defaults, "matching_layer": prof.matching_layer})
-        _check_layer(self.matching_layer)
+    def _resolve(self, prof: Profile) -> None:
+        super()._resolve(prof)
         if not self.teacher:
             object.__setattr__(self, "teacher", self.model)
-        object.__setattr__(self, "recipe", recipe_overrides(self, base))
-        _check_matching(self.matching, self.matching_lambda, self.drop_fraction)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def _criteria(self):
+        """The registry `criterion` (how weights are scored, a field of each stage) names."""
+        raise NotImplementedError
+
+    def _check(self, prof: Profile) -> None:
+        super()._check(prof)
+        criteria = self._criteria()
+        if self.criterion not in criteria:
+            raise ValueError(f"criterion must be one of {criteria.names()}, got {self.criterion!r}")
 
 
 @dataclass(frozen=True)
 class PruneOneShotConfig(_PruneConfig):
-    """One-shot structured L1 filter pruning + fine-tuning (SPEC: One-shot structured)."""
+    """One-shot structured filter pruning + fine-tuning (SPEC: One-shot structured)."""
+
+    stage: ClassVar[str] = "prune_oneshot"  # its folder under runs/<profile>/, in config.json
 
     out_dir: str = "runs/default/prune_oneshot/p0.3-naive"
+    criterion: str = field(default="l1", metadata=ADDED)  # attrlib.prune.STRUCTURED_CRITERIA
     rate: float = 0.3  # fraction of filters removed in the first conv and the last six
 
-    def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
-        return {"matching_lambda": _prune_lambda(prof)}, prof.prune_oneshot
+    def _base_recipe(self, prof: Profile) -> Recipe:
+        return prof.prune_oneshot
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _criteria(self):
+        from attrlib.prune import STRUCTURED_CRITERIA
+
+        return STRUCTURED_CRITERIA
+
+    def _check(self, prof: Profile) -> None:
+        super()._check(prof)
         if not 0.0 <= self.rate < 1.0:
             raise ValueError(f"rate must be in [0, 1), got {self.rate}")
 
 
 @dataclass(frozen=True)
 class PruneIterativeConfig(_PruneConfig):
-    """Iterative global magnitude pruning, fine-tuning after each step (SPEC: Iterative)."""
+    """Iterative global pruning, fine-tuning after each step (SPEC: Iterative)."""
+
+    stage: ClassVar[str] = "prune_iterative"  # its folder under runs/<profile>/, in config.json
 
     out_dir: str = "runs/default/prune_iterative/naive"
+    criterion: str = field(default="magnitude", metadata=ADDED)  # ...UNSTRUCTURED_CRITERIA
     fraction: float | None = None  # of the remaining conv weights pruned per iteration
     iterations: int | None = None
 
-    def _profile_values(self, prof: Profile) -> tuple[dict, Recipe]:
-        defaults = {
-            "matching_lambda": _prune_lambda(prof),
+    def _profile_defaults(self, prof: Profile) -> dict:
+        return {
+            **super()._profile_defaults(prof),
             "fraction": prof.iterative_fraction,
             "iterations": prof.iterative_steps,
         }
-        return defaults, prof.prune_iterative
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _base_recipe(self, prof: Profile) -> Recipe:
+        return prof.prune_iterative
+
+    def _criteria(self):
+        from attrlib.prune import UNSTRUCTURED_CRITERIA
+
+        return UNSTRUCTURED_CRITERIA
+
+    def _check(self, prof: Profile) -> None:
+        super()._check(prof)
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
         if self.iterations < 1:

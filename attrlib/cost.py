@@ -10,12 +10,11 @@ Paper: Park et al. (2020) report parameters, FLOPs and sparsity of each compress
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from attrlib.masks import effective_parameters
 from attrlib.models import eval_mode
 
 # ops whose FLOPs count: convolutions and the matrix products behind nn.Linear
@@ -61,24 +60,9 @@ def count_macs(model: nn.Module, input_size: int | None = None) -> int:
     return int(sum(n for op, n in flops.items() if op in MAC_OPS)) // 2
 
 
-def _effective_params(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
-    """(module, name, tensor) of every parameter as used in the forward pass.
-
-    With `torch.nn.utils.prune`, a pruned `weight` is stored as `weight_orig` plus a
-    `weight_mask` buffer; the effective `weight` attribute (= weight_orig * mask) is read.
-    """
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):
-                name = name[: -len("_orig")]
-                yield module, name, getattr(module, name)
-            else:
-                yield module, name, param
-
-
 def count_nonzero_params(model: nn.Module) -> int:
     """Number of non-zero entries among all effective parameters (pruned weights masked)."""
-    return sum(int(torch.count_nonzero(t)) for _, _, t in _effective_params(model))
+    return sum(int(torch.count_nonzero(t)) for _, _, t in effective_parameters(model))
 
 
 def sparsity(model: nn.Module) -> float:
@@ -87,7 +71,7 @@ def sparsity(model: nn.Module) -> float:
     Paper: the sparsity of unstructured pruning, which Park et al. (2020) apply to convs.
     """
     total = zeros = 0
-    for module, name, tensor in _effective_params(model):
+    for module, name, tensor in effective_parameters(model):
         if isinstance(module, nn.Conv2d) and name == "weight":
             total += tensor.numel()
             zeros += tensor.numel() - int(torch.count_nonzero(tensor))

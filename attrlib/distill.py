@@ -27,6 +27,20 @@ MATCHINGS: Registry[MapFn] = Registry("matching loss")
 NO_MATCHING = "none"
 
 
+def check_matching(matching: str, matching_lambda: float, drop_fraction: float) -> None:
+    """The one validation of a matching setting (configs and `CompressionObjective`)."""
+    if matching != NO_MATCHING and matching not in MATCHINGS:
+        raise ValueError(
+            f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {matching!r}"
+        )
+    if matching_lambda < 0:
+        raise ValueError(f"matching_lambda must be >= 0, got {matching_lambda}")
+    if not 0.0 <= drop_fraction < 1.0:
+        raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
+    if drop_fraction > 0 and matching == NO_MATCHING:
+        raise ValueError("drop_fraction > 0 needs a matching loss (stochastic SWA)")
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -237,12 +251,7 @@ class CompressionObjective:
         view_seed: int = 0,
         warmup_epochs: int = 0,
     ) -> None:
-        if matching != NO_MATCHING:
-            MATCHINGS.get(matching)  # unknown names fail here, listing the registry
-        if matching_lambda < 0:
-            raise ValueError(f"matching_lambda must be >= 0, got {matching_lambda}")
-        if not 0.0 <= drop_fraction < 1.0:
-            raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
+        check_matching(matching, matching_lambda, drop_fraction)
         self.teacher = teacher.eval().requires_grad_(False)
         self.matching, self.matching_lambda, self.drop_fraction = (
             matching,

@@ -3,6 +3,8 @@
 A stage supplies an `Objective` (images, labels -> loss and logged values); the loop owns
 optimisation, the learning-rate schedule, mixed precision and channels-last on CUDA,
 per-epoch validation (class mAP), atomic `last.pt` / `best.pt` checkpoints and resume.
+One epoch reads on its own (`epoch_loader`, `train_epoch`, `validate`); `fit` strings epochs
+together with resuming (`_reload_finished_`, `_resume_`) and saving (`_save_epoch`).
 
 Determinism: every epoch reseeds torch's global RNG (augmentation, dropout) and the data
 order from (seed, epoch), so a run resumed from `last.pt` ends with exactly the numbers of an
@@ -27,8 +29,9 @@ from tqdm import tqdm
 
 from attrlib.config import Recipe
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
-from attrlib.metrics import mean_average_precision
-from attrlib.models import VGGVOC, ModelConfig, build_model, eval_mode
+from attrlib.masks import attach_masks_, has_masks
+from attrlib.models import VGGVOC, ModelConfig, build_model
+from attrlib.predict import mixed_precision, predict, prediction_metrics
 from attrlib.views import ViewKeys
 
 CHECKPOINT_VERSION = 1
@@ -88,38 +91,112 @@ def build_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+def build_training(
+    model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """The optimiser of the trainable parameters, its per-step lr schedule and grad scaler.
+
+    The scaler is on only where `mixed_precision` autocasts to float16 (CUDA without
+    bfloat16): float16 gradients underflow without loss scaling, bfloat16 ones do not.
+    """
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, steps_per_epoch))
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
+    return optimizer, scheduler, scaler
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, K) and labels (N, K) of a whole (image, labels, ...) dataset, in order."""
-    logits, labels = [], []
-    with eval_mode(model):
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            # channels-last on every device: oneDNN convolves it up to 2x faster than NCHW at
-            # inference on CPU (not in training, whose backward gains little)
-            images = batch[0].to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits.append(model(images).float().cpu())
-            labels.append(batch[1])
-    return torch.cat(logits), torch.cat(labels)
+# ----------------------------------------------------------------------------- one epoch
 
 
-def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Validation numbers logged every epoch."""
-    return {
-        "val_loss": F.multilabel_soft_margin_loss(logits, labels).item(),
-        "val_map_class": mean_average_precision(logits, labels, average="class").item(),
-        "val_map_sample": mean_average_precision(logits, labels, average="sample").item(),
-    }
+def epoch_loader(
+    train_set: Dataset, batch_size: int, seed: int, view_epoch: int | None, num_workers: int = 0
+) -> DataLoader:
+    """One epoch's shuffled loader, its order drawn from `seed`.
+
+    With `view_epoch` the set draws views (a `collate(epoch)` method, attrlib.views.TrainViews)
+    and the batches are (views, labels, image indices) of that view epoch.
+    """
+    collate = None if view_epoch is None else train_set.collate(view_epoch)
+    return DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        # workers start afresh every epoch: each epoch has its own collate and worker seeds
+        persistent_workers=False,
+        collate_fn=collate,
+    )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step's loss is NaN or infinite; raised before that step changes a weight."""
+
+    def __init__(self, loss: float, step: int) -> None:
+        super().__init__(f"non-finite loss ({loss}) at step {step}")
+        self.loss, self.step = loss, step
+
+
+def train_epoch(
+    model: nn.Module,
+    objective: Objective,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    *,
+    view_epoch: int | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over `loader` in train mode: an optimiser step and a schedule step per batch.
+
+    Args:
+        loader: batches (images (B,3,S,S), labels (B,K)) or, from a set that draws views,
+            (views, labels, image indices (B,)) of `view_epoch` (see `epoch_loader`).
+        view_epoch: passed to `objective` with the batch's indices as `ViewKeys`; None for a
+            set without views.
+    Returns:
+        {"loss": ..., **the objective's logged values}, each the mean over the epoch's images
+        (a batch counts by its size, so a short last batch weighs less).
+    Raises:
+        NonFiniteLossError at the first NaN or infinite loss, before it reaches the weights.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for step, batch in enumerate(bar):
+        images, labels = batch[0], batch[1]
+        views = ViewKeys(view_epoch, batch[2]) if view_epoch is not None else None
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        images = images.contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        with mixed_precision(device):
+            loss, logs = objective(model, images, labels, views)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(loss.item(), step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = images.shape[0]
+        count += n
+        for name, value in {"loss": loss.detach(), **logs}.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * n
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return {name: total / count for name, total in sums.items()}
+
+
+def validate(model: nn.Module, val_set: Dataset, device: torch.device) -> dict[str, float]:
+    """The validation numbers logged every epoch: val_loss, val_map_class, val_map_sample."""
+    metrics = prediction_metrics(*predict(model, val_set, device))
+    return {f"val_{name}": metrics[name] for name in ("loss", "map_class", "map_sample")}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -242,8 +319,6 @@ def load_state_(model: nn.Module, state: dict, source: str = "checkpoint") -> No
     gets its masks re-attached to an unmasked model (`attrlib.prune.attach_masks_`).
     """
     if any(key.endswith("weight_mask") for key in state):
-        from attrlib.prune import attach_masks_, has_masks  # here: prune sits above engine
-
         if not has_masks(model):
             attach_masks_(model, state)
     own = model.state_dict()
@@ -281,11 +356,13 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     progress: bool = True,
     view_offset: int = 0,
+    stage: str = "",
 ) -> dict:
     """Train `model` in place with `objective`; checkpoints and history under `out_dir`.
 
     Writes `last.pt` after every epoch, `best.pt` at the best val class mAP, and
-    `metrics.json` (history, best, finished) and `config.json`. If `last.pt` exists for the same
+    `metrics.json` (history, best, finished) and `config.json` (`stage_config`, plus the
+    `stage` name when given: what the paper reads a run's stage from). If `last.pt` exists for the same
     `stage_config`, training resumes after its epoch; if the stage already finished, the
     stored metrics are returned and nothing is retrained or overwritten. A different
     `stage_config` in an existing `out_dir` is an error (results are never silently replaced).
@@ -298,126 +375,167 @@ def fit(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, metrics_path = (
-        out_dir / n for n in ("last.pt", "best.pt", "metrics.json")
-    )
     stage_config = {**stage_config, "recipe": asdict(recipe)}
     stage_config = as_stored(stage_config)
 
-    start_epoch, history, best = 0, [], {"val_map_class": -1.0, "epoch": -1}
     model.to(device)
     # channels-last on every device: on this project's CPU it trains the small students
     # 1.7-2x faster than NCHW (batch norm and convs over few channels), on GPUs it feeds cuDNN
     model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe)
+    finished = _reload_finished_(model, out_dir, classes, stage_config)
+    if finished is not None:
+        return finished
+    # built on the model as given, before resuming: the saved optimiser state is matched
+    # to its parameters by position
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, steps_per_epoch))
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    optimizer, scheduler, scaler = build_training(model, recipe, steps_per_epoch, device)
+    start_epoch, history, best = _resume_(
+        model, optimizer, scheduler, scaler, out_dir, classes, stage_config
     )
 
-    stored = read_json(metrics_path) if metrics_path.exists() else {}
-    if stored.get("finished"):
-        # a finished run needs only its best.pt: a damaged last.pt must not block reloading it
-        _refuse_other_config(out_dir, stored.get("config", {}), stage_config)
-        best_ckpt = load_checkpoint(best_path)
-        check_compatible(best_ckpt, model.config, classes, source=str(best_path))
-        load_state_(model, best_ckpt["model_state"], str(best_path))
-        print(f"{out_dir}: finished run found; loaded best.pt, nothing retrained")
-        return stored
-    ckpt = _resume_checkpoint(last_path)
-    if ckpt is not None:
-        _refuse_other_config(out_dir, ckpt.get("stage_config", {}), stage_config)
-        check_compatible(ckpt, model.config, classes, source=str(last_path))
-        load_state_(model, ckpt["model_state"], source=str(last_path))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
-        print(f"{out_dir}: resuming after epoch {ckpt['epoch']} from last.pt")
-
-    write_json_atomic(out_dir / "config.json", stage_config)
+    write_json_atomic(
+        out_dir / "config.json", {"stage": stage, **stage_config} if stage else stage_config
+    )
     for epoch in range(start_epoch, recipe.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))
-        view_epoch = view_offset + epoch
-        collate = train_set.collate(view_epoch) if hasattr(train_set, "collate") else None
-        loader = DataLoader(
-            train_set,
-            batch_size=recipe.batch_size,
-            shuffle=True,
-            drop_last=False,
-            num_workers=num_workers,
-            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
-            persistent_workers=False,
-            collate_fn=collate,
+        view_epoch = view_offset + epoch if hasattr(train_set, "collate") else None
+        loader = epoch_loader(
+            train_set, recipe.batch_size, epoch_seed(seed, epoch), view_epoch, num_workers
         )
-        model.train()
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        count = 0
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, disable=not progress
-        )
-        for step, batch in enumerate(bar):
-            images, labels = batch[0], batch[1]
-            views = ViewKeys(view_epoch, batch[2]) if collate is not None else None
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                loss, logs = objective(model, images, labels, views)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"stopped, last good checkpoint kept at {last_path}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n = images.shape[0]
-            count += n
-            for name, value in {"loss": loss.detach(), **logs}.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * n
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        try:
+            logs = train_epoch(
+                model,
+                objective,
+                loader,
+                optimizer,
+                scheduler,
+                scaler,
+                device,
+                view_epoch=view_epoch,
+                desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                progress=progress,
+            )
+        except NonFiniteLossError as e:
+            raise FloatingPointError(
+                f"non-finite loss ({e.loss}) at epoch {epoch + 1}, step {e.step}; "
+                f"stopped, last good checkpoint kept at {out_dir / 'last.pt'}"
+            ) from None
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{k}": v / count for k, v in sums.items()})
-        record.update(evaluate_predictions(*predict(model, val_set, device)))
+        record.update({f"train_{name}": value for name, value in logs.items()})
+        record.update(validate(model, val_set, device))
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         print(
             f"epoch {epoch + 1}/{recipe.epochs}  loss {record['train_loss']:.4f}  "
             f"val mAP {record['val_map_class']:.4f}  ({record['seconds']:.1f}s)"
         )
-        extra = {"stage_config": stage_config, "seed": seed, "epoch": epoch, "history": history}
-        if record["val_map_class"] > best["val_map_class"]:
+        improved = record["val_map_class"] > best["val_map_class"]
+        if improved:
             best = {"val_map_class": record["val_map_class"], "epoch": epoch + 1}
-            save_torch_atomic(best_path, make_checkpoint(model, classes, **extra, best=best))
-        save_torch_atomic(
-            last_path,
-            make_checkpoint(
-                model,
-                classes,
-                **extra,
-                best=best,
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-            ),
-        )
-        write_json_atomic(
-            metrics_path,
-            {"history": history, "best": best, "finished": False, "config": stage_config},
-        )
+        fields = {
+            "stage_config": stage_config,
+            "seed": seed,
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+        }
+        _save_epoch(out_dir, model, classes, fields, improved, optimizer, scheduler, scaler)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
 
     result = {"history": history, "best": best, "finished": True, "config": stage_config}
-    write_json_atomic(metrics_path, result)
+    write_json_atomic(out_dir / "metrics.json", result)
     # Downstream stages use the best epoch, so the caller's model ends as best.pt too.
+    best_path = out_dir / "best.pt"
     load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
     return result
+
+
+def _reload_finished_(
+    model: VGGVOC, out_dir: Path, classes: tuple[str, ...], stage_config: dict
+) -> dict | None:
+    """The stored metrics of the finished run in `out_dir`, its best.pt loaded into `model`;
+    None if no run there has finished."""
+    metrics_path, best_path = out_dir / "metrics.json", out_dir / "best.pt"
+    stored = read_json(metrics_path) if metrics_path.exists() else {}
+    if not stored.get("finished"):
+        return None
+    # a finished run needs only its best.pt: a damaged last.pt must not block reloading it
+    _refuse_other_config(out_dir, stored.get("config", {}), stage_config)
+    best_ckpt = load_checkpoint(best_path)
+    check_compatible(best_ckpt, model.config, classes, source=str(best_path))
+    load_state_(model, best_ckpt["model_state"], str(best_path))
+    print(f"{out_dir}: finished run found; loaded best.pt, nothing retrained")
+    return stored
+
+
+def _resume_(
+    model: VGGVOC,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    out_dir: Path,
+    classes: tuple[str, ...],
+    stage_config: dict,
+) -> tuple[int, list[dict], dict]:
+    """(first epoch to run, history, best) of the unfinished run in `out_dir`.
+
+    Model, optimiser, schedule and scaler are restored from its `last.pt`; without one
+    (or after moving an unreadable one aside) the run starts at epoch 0.
+    """
+    last_path = out_dir / "last.pt"
+    ckpt = _resume_checkpoint(last_path)
+    if ckpt is None:
+        return 0, [], {"val_map_class": -1.0, "epoch": -1}
+    _refuse_other_config(out_dir, ckpt.get("stage_config", {}), stage_config)
+    check_compatible(ckpt, model.config, classes, source=str(last_path))
+    load_state_(model, ckpt["model_state"], source=str(last_path))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    print(f"{out_dir}: resuming after epoch {ckpt['epoch']} from last.pt")
+    return ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+
+
+def _save_epoch(
+    out_dir: Path,
+    model: VGGVOC,
+    classes: tuple[str, ...],
+    fields: dict,
+    improved: bool,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """An epoch's files: best.pt if `improved`, last.pt, metrics.json (finished: False).
+
+    `fields` (stage_config, seed, epoch, history, best) go into both checkpoints; last.pt
+    also holds what resuming needs. Each file is replaced atomically, so a kill at any point
+    leaves the previous epoch's files whole.
+    """
+    if improved:
+        save_torch_atomic(out_dir / "best.pt", make_checkpoint(model, classes, **fields))
+    save_torch_atomic(
+        out_dir / "last.pt",
+        make_checkpoint(
+            model,
+            classes,
+            **fields,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict(),
+        ),
+    )
+    write_json_atomic(
+        out_dir / "metrics.json",
+        {
+            "history": fields["history"],
+            "best": fields["best"],
+            "finished": False,
+            "config": fields["stage_config"],
+        },
+    )
 
 
 def _resume_checkpoint(path: Path) -> dict | None:

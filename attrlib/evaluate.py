@@ -27,30 +27,19 @@ from tqdm import tqdm
 from attrlib.attribution import METHODS, attribute
 from attrlib.cost import model_cost
 from attrlib.data import class_masks
-from attrlib.engine import predict
+from attrlib.masks import permanent_copy
 from attrlib.metrics import (
     agreement_auc,
-    f1_score,
     localization_auc,
     map_cosine,
-    mean_average_precision,
     normalize_maps,
     pointing_game,
 )
 from attrlib.models import eval_mode
-from attrlib.prune import permanent_copy
+from attrlib.predict import predict, prediction_metrics
 
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "ebp", "lrp", "rap")
 AGREEMENT_TOP = 0.15  # fraction of the teacher's highest pixels that forms its "region"
-
-
-def prediction_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Class mAP (VOC standard), the authors' per-sample mAP, and F1 at logit > 0.5."""
-    return {
-        "map_class": mean_average_precision(logits, labels, average="class").item(),
-        "map_sample": mean_average_precision(logits, labels, average="sample").item(),
-        "f1": f1_score(logits, labels, threshold=0.5).item(),
-    }
 
 
 def select_pairs(
@@ -207,15 +196,19 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[dict, pd.DataFrame]:
-    """Prediction, cost and localization of one model: (summary dict, per-pair table)."""
+    """Prediction, cost and localization of one model: (summary dict, per-pair table).
+
+    The prediction scores are class mAP, the authors' per-sample mAP and F1
+    (`attrlib.predict.prediction_metrics`) on `val_set`.
+    """
     device = torch.device(device)
     model = permanent_copy(model).to(device)
-    logits, labels = predict(model, val_set, device)
+    scores = prediction_metrics(*predict(model, val_set, device))
     table, counts = localization_table(
         model, loc_set, methods, reference, batch_size, device, progress
     )
     summary = {
-        **prediction_metrics(logits, labels),
+        **{name: scores[name] for name in ("map_class", "map_sample", "f1")},
         **model_cost(model),
         **counts,
         "localization": summarize(table),

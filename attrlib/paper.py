@@ -21,40 +21,28 @@ from attrlib.engine import load_model
 from attrlib.evaluate import image_maps
 from attrlib.io import write_text_atomic
 from attrlib.plots import attribution_grid, figure_pixels, save_animation
+from attrlib.study import NO_MATCHING, STAGES, colour, method_label, method_labels
 
-STAGES = ("teacher", "distill", "prune_oneshot", "prune_iterative")
-ATTRIBUTION_METHODS = ("gradcam", "ebp", "lrp", "rap")
 SCORES = ("auc", "pointing", "cosine_teacher", "auc_teacher")
-PALETTE = {  # one colour per compression method, shared by every figure
-    "teacher": "#4d4d4d",
-    "KD": "#1f77b4",
-    "naive": "#1f77b4",
-    "KD+EWA": "#9467bd",
-    "KD+SWA": "#d62728",
-    "SWA": "#d62728",
-    "KD+stochastic SWA": "#ff7f0e",
-    "stochastic SWA": "#ff7f0e",
-}
+LOCALIZATION_SCORES = ("auc", "pointing")  # beside them: agreement with the teacher
 
 
-def method_label(stage: str, config: dict) -> str:
-    """Human name of a compression method from its stage config."""
-    if stage == "teacher":
-        return "teacher"
-    matching, drop = config.get("matching", "none"), config.get("drop_fraction", 0.0)
-    name = {"none": "", "ewa": "EWA", "swa": "SWA"}.get(matching, matching.upper())
-    if drop and drop > 0:
-        name = f"stochastic {name}"
-    if stage == "distill":
-        return "KD" + (f"+{name}" if name else "")
-    return name or "naive"
+def attribution_methods(frame: pd.DataFrame) -> list[str]:
+    """The attribution methods the models were evaluated with, in evaluation order."""
+    return list(dict.fromkeys(c.split(" ")[0] for c in frame.columns if c.endswith(" auc")))
 
 
-def _stage_of(path: Path, runs_dir: Path) -> str:
-    parts = path.relative_to(runs_dir).parts
-    if parts[0] not in STAGES:
-        raise ValueError(f"{path}: not under one of the stage folders {STAGES}")
-    return parts[0]
+def _stage_of(config: dict, path: Path, runs_dir: Path) -> str:
+    """The stage its `config.json` records; runs written before it did: their folder's."""
+    stage = config.get("stage") or path.relative_to(runs_dir).parts[0]
+    if stage not in STAGES:
+        raise ValueError(f"{path}: stage {stage!r} is not one of {STAGES.names()}")
+    return stage
+
+
+def _baselines() -> set[str]:
+    """Labels of the runs without matching that matched runs are compared with."""
+    return {method_label(s, {"matching": NO_MATCHING}) for s in STAGES if STAGES.get(s).baseline}
 
 
 def last_dead_maps(folder: Path) -> float:
@@ -67,31 +55,34 @@ def last_dead_maps(folder: Path) -> float:
     return history[-1].get("train_dead_maps", np.nan)
 
 
-def collect(runs_dir: str | Path, require: Sequence[str] = STAGES) -> pd.DataFrame:
+def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per evaluated model under `runs_dir` with its description and scores.
 
     Beside the scores: `pairs`, the (image, class) pairs its localization scores average
     over, and `dead_maps`, the last-epoch share of dead matching maps (see `last_dead_maps`).
-    Raises FileNotFoundError naming every stage in `require` that has no evaluated model.
+    Raises FileNotFoundError naming every stage in `require` (default: every registered
+    stage) that has no evaluated model.
     """
     runs_dir = Path(runs_dir)
+    require = STAGES.names() if require is None else require
     rows = []
     for eval_path in sorted(runs_dir.glob("**/eval.json")):
         if "evaluate" in eval_path.relative_to(runs_dir).parts[:1]:
             continue
         summary = json.loads(eval_path.read_text())
         folder = eval_path.parent
-        stage = _stage_of(eval_path, runs_dir)
         config = json.loads((folder / "config.json").read_text())
+        stage = _stage_of(config, eval_path, runs_dir)
         row = {
             "stage": stage,
             "run": str(folder.relative_to(runs_dir)),
             "method": method_label(stage, config),
             "seed": config.get("seed", 0),
-            "width_div": config.get("width_div") if stage == "distill" else None,
-            "rate": config.get("rate") if stage == "prune_oneshot" else None,
-            "iteration": config.get("iteration") if stage == "prune_iterative" else None,
         }
+        for name in STAGES:  # one column per stage's setting, filled for its own runs
+            key = STAGES.get(name).setting
+            if key is not None:
+                row[key] = config.get(key) if name == stage else None
         for key in (
             "map_class",
             "map_sample",
@@ -122,7 +113,7 @@ def collect(runs_dir: str | Path, require: Sequence[str] = STAGES) -> pd.DataFra
 
 def _metric_columns(frame: pd.DataFrame, scores: Sequence[str]) -> list[str]:
     cols = ["map_class", "f1"]
-    for method in ATTRIBUTION_METHODS:
+    for method in attribution_methods(frame):
         cols += [f"{method} {s}" for s in scores if f"{method} {s}" in frame]
     return cols
 
@@ -137,13 +128,14 @@ def mean_std(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.Dat
 
 def distillation_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> pd.DataFrame:
     """Teacher, then per student width the methods: mAP, F1, AUC / pointing / agreement."""
-    order = ["KD", "KD+EWA", "KD+SWA", "KD+stochastic SWA"]
     cols = _metric_columns(frame, scores)
     teacher = frame[frame["stage"] == "teacher"].assign(width_div=1)
     students = frame[frame["stage"] == "distill"]
     rows = pd.concat([teacher, students]).astype({"width_div": int})
     table = mean_std(rows, ["width_div", "method"], cols)
-    rank = {m: i for i, m in enumerate(["teacher", *order])}
+    order = ["teacher", *method_labels("distill")]
+    order += sorted(set(rows["method"]) - set(order))  # plugins' methods without a table entry
+    rank = {m: i for i, m in enumerate(order)}
     return table.sort_index(key=lambda idx: idx.map(rank) if idx.name == "method" else idx)
 
 
@@ -165,7 +157,9 @@ def unstructured_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
     """mAP and each attribution method's `score` against sparsity, one line per method."""
     rows = unstructured_frame(frame)
-    panels = ["map_class"] + [f"{m} {score}" for m in ATTRIBUTION_METHODS if f"{m} {score}" in rows]
+    panels = ["map_class"] + [
+        f"{m} {score}" for m in attribution_methods(rows) if f"{m} {score}" in rows
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
     for ax, col in zip(axes[0], panels, strict=True):
         for method, group in rows.groupby("method"):
@@ -180,7 +174,7 @@ def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
                 ms=3,
                 capsize=2,
                 label=method,
-                color=PALETTE.get(method),
+                color=colour(method),
             )
         ax.set(xlabel="sparsity (conv weights)", title=col.replace("map_class", "class mAP"))
     axes[0, 0].legend(fontsize=8)
@@ -222,8 +216,8 @@ def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") 
     iteration and seed with no matching. Pairs scored by only one of the two are dropped.
     """
     runs_dir = Path(runs_dir)
-    keys = ["stage", "width_div", "rate", "iteration", "seed"]
-    naive_names = {"KD", "naive"}
+    keys = ["stage", *(s.setting for s in map(STAGES.get, STAGES) if s.setting), "seed"]
+    naive_names = _baselines()
     rows = []
     compressed = frame[frame["stage"] != "teacher"]
     for _, run in compressed[~compressed["method"].isin(naive_names)].iterrows():
@@ -253,17 +247,6 @@ def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") 
     return pd.DataFrame(rows)
 
 
-SETTINGS = {"distill": "width_div", "prune_oneshot": "rate", "prune_iterative": None}
-
-
-def _setting_label(stage: str, value) -> str:
-    if stage == "distill":
-        return f"x{int(value)}"
-    if stage == "prune_oneshot":
-        return f"rate {value:g}"
-    return "all iterations"
-
-
 def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) -> str:
     """Per compression stage, setting and matching method: did matching beat naive?
 
@@ -278,16 +261,18 @@ def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) 
     """
     lines = []
     score_cols = [c for c in frame.columns if any(c.endswith(f" {s}") for s in SCORES)]
-    naive_names = {"KD", "naive"}
-    for stage, key in SETTINGS.items():
+    naive_names = _baselines()
+    for stage in STAGES:
+        spec = STAGES.get(stage)
+        key = None if spec.pooled else spec.setting
         rows = frame[frame["stage"] == stage]
-        if rows.empty:
+        if rows.empty or not spec.baseline:
             continue
         settings = sorted(rows[key].dropna().unique()) if key else [None]
         for setting in settings:
             group = rows if key is None else rows[rows[key] == setting]
             naive = group[group["method"].isin(naive_names)]
-            baseline = "KD" if stage == "distill" else "naive"
+            baseline = method_label(stage, {"matching": NO_MATCHING})
             for method in sorted(set(group["method"]) - naive_names):
                 matched = group[group["method"] == method]
                 per_seed = (
@@ -322,7 +307,7 @@ def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) 
                         quiet = "no clear change" if seeds >= 2 else "one seed, untested"
                     verdict = ("better" if delta > 0 else "worse") if real else quiet
                     parts.append(f"{col} {delta:+.3f} ({verdict})")
-                label = _setting_label(stage, setting)
+                label = f"all {spec.setting}s" if key is None else spec.label(setting)
                 lines.append(
                     f"- {stage} {label}, {method} vs {baseline} ({seeds} seeds): "
                     + "; ".join(parts)
@@ -336,19 +321,15 @@ def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
     chosen = {}
     seed = frame["seed"].min()
     rows = frame[frame["seed"] == seed]
-    for stage, key, pick in (
-        ("teacher", None, None),
-        ("distill", "width_div", max),
-        ("prune_oneshot", "rate", max),
-        ("prune_iterative", "iteration", max),
-    ):
+    for stage in STAGES:
+        spec = STAGES.get(stage)
         group = rows[rows["stage"] == stage]
         if group.empty:
             continue
-        if key is not None:
-            group = group[group[key] == pick(group[key])]
+        if spec.setting is not None:
+            group = group[group[spec.setting] == group[spec.setting].max()]
         for _, run in group.iterrows():
-            suffix = "" if key is None else f" ({key.replace('_div', '')} {run[key]})"
+            suffix = "" if spec.setting is None else f" ({spec.label(run[spec.setting])})"
             chosen[f"{run['method']}{suffix}"] = run["run"]
     return chosen
 
@@ -441,7 +422,7 @@ def _grid_pixels(image: torch.Tensor, maps: dict, title: str) -> np.ndarray:
     return pixels
 
 
-README_SCORES = ("auc", "pointing")
+README_SCORES = LOCALIZATION_SCORES
 
 
 def readme_tables(frame: pd.DataFrame, every: int = 2) -> str:
@@ -476,7 +457,10 @@ def readme_tables(frame: pd.DataFrame, every: int = 2) -> str:
             )
         shown = shown.reset_index()
         if "width_div" in shown:
-            shown["width_div"] = shown["width_div"].map(lambda w: "teacher" if w == 1 else f"x{w}")
+            width = STAGES.get("distill").label
+            shown["width_div"] = shown["width_div"].map(
+                lambda w, width=width: "teacher" if w == 1 else width(w)
+            )
         if "iteration" in shown:
             shown["iteration"] = shown["iteration"].astype(int)
         shown = shown.rename(

@@ -1,8 +1,14 @@
-"""One tiny registry type: attribution methods, matching losses and pruning criteria are entries."""
+"""One tiny registry type: attribution methods, matching losses and pruning criteria are entries.
+
+A registry is the only list of its names: evaluation defaults, notebook defaults and the
+paper's columns read it, so one decorated function is a new method end to end. Plugins are
+modules that register entries when imported (`load_plugins`, the notebooks' `plugins`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,7 +38,8 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """In registration order: built-ins in their paper order, then plugins'."""
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -42,3 +49,15 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import each module (dotted name) so that its decorators register their entries."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(
+                f"plugin {name!r} not found ({e}); give an importable module name, "
+                "e.g. a module on PYTHONPATH or in the working folder"
+            ) from None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,14 +30,15 @@ from attrlib.distill import NO_MATCHING, CompressionObjective, target_key
 from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
 from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
+from attrlib.masks import permanent_copy
 from attrlib.models import (
     VGGVOC,
     build_model,
     load_torchvision_features_,
     vgg16_bn_voc,
 )
-from attrlib.prune import global_magnitude_, permanent_copy, remaining_fraction, structured_l1
-from attrlib.targets import TeacherTargets
+from attrlib.prune import global_prune_, remaining_fraction, structured_prune
+from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profile_kinds
 from attrlib.views import TrainViews, ViewSpec
 
 
@@ -110,6 +113,7 @@ def _fit_stage(
         num_workers=loader_workers(get_profile(cfg.profile).num_workers),
         progress=progress,
         view_offset=view_offset,
+        stage=cfg.stage,
     )
 
 
@@ -188,15 +192,17 @@ def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
 
 
 def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
-    """Structured L1 pruning at `cfg.rate`, then fine-tuning with CE (+ matching)."""
+    """Structured pruning (`cfg.criterion`, L1 by default) at `cfg.rate`, then fine-tuning
+    with CE (+ matching)."""
     model, objective, data = _pruning_inputs(cfg)
-    pruned = structured_l1(model, cfg.rate)  # a new, smaller network
+    pruned = structured_prune(model, cfg.rate, cfg.criterion)  # a new, smaller network
     return pruned, _fit_stage(pruned, objective, data, cfg)
 
 
 def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[VGGVOC, list[dict]]:
-    """Global magnitude pruning of `cfg.fraction` of the remaining conv weights per iteration,
-    each followed by fine-tuning; iteration k lives in `out_dir/iter_{k:02d}/`.
+    """Global pruning (`cfg.criterion`, magnitude by default) of `cfg.fraction` of the
+    remaining conv weights per iteration, each followed by fine-tuning; iteration k lives in
+    `out_dir/iter_{k:02d}/`.
 
     Finished iterations are reloaded (masks included), an interrupted one resumes from its
     `last.pt`, so the schedule restarts where it stopped. After the last iteration the
@@ -209,7 +215,7 @@ def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[V
     for k in range(1, cfg.iterations + 1):
         # Same masks as the interrupted or finished run: pruning is deterministic given the
         # previous iteration's best weights, and fit() reloads the stored masks anyway.
-        global_magnitude_(model, cfg.fraction)
+        global_prune_(model, cfg.fraction, cfg.criterion)
         metrics = _fit_stage(
             model,
             objective,
@@ -281,3 +287,32 @@ def evaluate_checkpoint(
     write_text_atomic(out_dir / "eval_pairs.csv", table.to_csv(index=False))
     write_json_atomic(summary_path, summary)
     return summary
+
+
+def targets_main(argv: Sequence[str] | None = None) -> Path:
+    """`python -m attrlib.targets` (make targets): the profile's teacher store, written once."""
+    parser = argparse.ArgumentParser(
+        prog="python -m attrlib.targets", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")
+    parser.add_argument("--data-root", required=True, help="the VOC2012-layout folder")
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--out", required=True, help="file to write (e.g. .../targets.pt)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    prof = get_profile(args.profile)
+    device = resolve_device(args.device)
+    teacher, classes = load_reference(args.teacher, args.data_root, device)
+    train = build_datasets(args.data_root, args.profile, classes)[0]
+    store = build_targets(
+        teacher,
+        train,
+        profile_epochs(prof),
+        profile_kinds(prof),
+        prof.matching_layer,
+        teacher_path=args.teacher,
+        device=device,
+    )
+    path = store.save(args.out)
+    print(f"{path}: {store.epochs} view epochs x {len(train)} images, maps {sorted(store.maps)}")
+    return path

@@ -19,7 +19,6 @@ says what they were made from (teacher file hash, view spec, image ids, matching
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -184,36 +183,8 @@ def profile_epochs(profile) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    from attrlib.config import get_profile, resolve_device
-    from attrlib.stages import build_datasets, load_reference
-
-    parser = argparse.ArgumentParser(
-        prog="python -m attrlib.targets", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")
-    parser.add_argument("--data-root", required=True, help="the VOC2012-layout folder")
-    parser.add_argument("--profile", default="default")
-    parser.add_argument("--out", required=True, help="file to write (e.g. .../targets.pt)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    prof = get_profile(args.profile)
-    device = resolve_device(args.device)
-    teacher, classes = load_reference(args.teacher, args.data_root, device)
-    train = build_datasets(args.data_root, args.profile, classes)[0]
-    store = build_targets(
-        teacher,
-        train,
-        profile_epochs(prof),
-        profile_kinds(prof),
-        prof.matching_layer,
-        teacher_path=args.teacher,
-        device=device,
-    )
-    path = store.save(args.out)
-    print(f"{path}: {store.epochs} view epochs x {len(train)} images, maps {sorted(store.maps)}")
-    return path
-
-
 if __name__ == "__main__":
-    main()
+    # the targets stage, wired in attrlib.stages (which reads the stores this module writes)
+    from attrlib.stages import targets_main
+
+    targets_main()

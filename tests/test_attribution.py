@@ -392,3 +392,8 @@ def test_layer_maps_have_the_attribution_layer_size() -> None:
         assert METHODS.get("gradcam")(model, images, classes).shape == (2, side, side)
         assert METHODS.get("ebp")(model, images, classes).shape == (2, side, side)
         assert METHODS.get("lrp")(model, images, classes).shape == (2, SIZE, SIZE)
+
+
+def test_registry_order_is_the_papers_column_order() -> None:
+    """Evaluation defaults and the paper's columns follow the registry; built-ins come first."""
+    assert METHODS.names()[:4] == ["gradcam", "ebp", "lrp", "rap"]

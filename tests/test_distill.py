@@ -170,7 +170,7 @@ def test_bad_distill_configs_rejected():
         DistillConfig(matching="gradcam")
     with pytest.raises(ValueError, match="drop_fraction"):
         DistillConfig(matching="swa", drop_fraction=1.5)
-    with pytest.raises(KeyError, match="unknown matching loss 'foo'"):
+    with pytest.raises(ValueError, match="matching must be 'none' or one of .*got 'foo'"):
         CompressionObjective(vgg16_bn_voc(16, 3, 32), "foo")
 
 

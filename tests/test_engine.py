@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -6,13 +7,17 @@ from torch.utils.data import TensorDataset
 
 from attrlib.config import Recipe
 from attrlib.engine import (
+    build_training,
     check_compatible,
     describe_checkpoint,
+    epoch_loader,
+    epoch_seed,
     fit,
     load_checkpoint,
     load_model,
     multilabel_objective,
-    predict,
+    train_epoch,
+    validate,
 )
 from attrlib.models import vgg16_bn_voc
 
@@ -50,18 +55,6 @@ def _run(out_dir, recipe=RECIPE, seed=0, **kw):
     return model, metrics
 
 
-def test_predict_returns_every_row_in_order_in_eval_mode():
-    torch.manual_seed(0)
-    model = vgg16_bn_voc(16, num_classes=3, input_size=32).train()
-    data = _data(20, 0)
-    logits, labels = predict(model, data, torch.device("cpu"), batch_size=8)
-    assert model.training  # restored
-    assert torch.equal(labels, data.tensors[1])
-    with torch.no_grad():
-        expected = model.eval()(data.tensors[0])  # NCHW; predict convolves channels-last
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-
-
 def test_fit_writes_checkpoints_and_metrics(tmp_path):
     model, metrics = _run(tmp_path)
     assert metrics["finished"] and len(metrics["history"]) == 3
@@ -77,6 +70,40 @@ def test_fit_writes_checkpoints_and_metrics(tmp_path):
     again, _ = load_model(tmp_path / "best.pt", classes=CLASSES)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(again.eval()(x), model.eval()(x))
+
+
+def test_every_epoch_of_fit_is_train_epoch_then_validate(tmp_path):
+    """Run by hand, `train_epoch` and `validate` give fit's record of each epoch, and end
+    with the weights of its last.pt, bit for bit."""
+    _, metrics = _run(tmp_path)
+    torch.manual_seed(123)  # the model init of `_run`
+    model = vgg16_bn_voc(16, num_classes=3, input_size=32).to(memory_format=torch.channels_last)
+    train_set, val_set, device = _data(32, 0), _data(16, 1), torch.device("cpu")
+    steps_per_epoch = math.ceil(len(train_set) / RECIPE.batch_size)
+    optimizer, scheduler, scaler = build_training(model, RECIPE, steps_per_epoch, device)
+    for epoch, record in enumerate(metrics["history"]):
+        torch.manual_seed(epoch_seed(0, epoch))
+        loader = epoch_loader(train_set, RECIPE.batch_size, epoch_seed(0, epoch), view_epoch=None)
+        logs = train_epoch(
+            model,
+            multilabel_objective,
+            loader,
+            optimizer,
+            scheduler,
+            scaler,
+            device,
+            progress=False,
+        )
+        assert {f"train_{k}": v for k, v in logs.items()} == {
+            k: v for k, v in record.items() if k.startswith("train_")
+        }
+        assert optimizer.param_groups[0]["lr"] == record["lr"]
+        assert validate(model, val_set, device) == {
+            k: v for k, v in record.items() if k.startswith("val_")
+        }
+    last = load_checkpoint(tmp_path / "last.pt")["model_state"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, last[k]), k
 
 
 def test_same_seed_same_numbers(tmp_path):

@@ -35,9 +35,15 @@ CONFIGS = {
 }
 
 
-# the evaluation notebook's own parameters: the folder of its figures (each eval.json goes
-# beside its model) and how many models its map grid draws
-NOTEBOOK_ONLY = {"05_evaluate": {"out_dir", "grid_models"}}
+# Parameters of a notebook's own: the plugin modules it imports first (their methods are
+# then valid config values), and the evaluation's figure folder (each eval.json goes beside
+# its model) and how many models its map grid draws.
+NOTEBOOK_ONLY = {
+    "02_distill": {"plugins"},
+    "03_prune_oneshot": {"plugins"},
+    "04_prune_iterative": {"plugins"},
+    "05_evaluate": {"out_dir", "grid_models", "plugins"},
+}
 
 
 def _parameters(name: str) -> list[str]:
@@ -68,7 +74,7 @@ def test_stored_without_outputs(path):
 def test_parameters_match_config_fields(name):
     cls, renamed = CONFIGS[name]
     if cls is None:  # the paper notebook only reads results
-        expected = {"profile", "runs_dir", "out_dir"}
+        expected = {"profile", "runs_dir", "out_dir", "plugins"}
     else:
         fields = [f.name for f in dataclasses.fields(cls) if f.init]
         expected = {renamed.get(f, f) for f in fields} | NOTEBOOK_ONLY.get(name, set())

@@ -19,9 +19,12 @@ from attrlib.engine import load_model, load_state_, make_checkpoint
 from attrlib.models import build_model, vgg16_bn_voc
 from attrlib.prune import (
     CRITERIA,
+    STRUCTURED_CRITERIA,
+    UNSTRUCTURED_CRITERIA,
     attach_masks_,
     conv_names,
     global_magnitude_,
+    global_prune_,
     has_masks,
     keep_indices,
     make_permanent_,
@@ -29,6 +32,7 @@ from attrlib.prune import (
     remaining_fraction,
     spec_rates,
     structured_l1,
+    structured_prune,
 )
 
 NUM_CLASSES = 5
@@ -88,15 +92,36 @@ def zero_removed_channels(model: nn.Module, keeps: dict[int, torch.Tensor]) -> I
 # ----------------------------------------------------------------------------- criteria
 
 
-@pytest.mark.parametrize("criterion", CRITERIA.names())
+@pytest.mark.parametrize("criterion", STRUCTURED_CRITERIA.names())
 def test_every_criterion_scores_each_filter_and_prunes(criterion: str) -> None:
     model = _model()
     for conv in model.convs:
-        scores = CRITERIA.get(criterion)(conv)
+        scores = STRUCTURED_CRITERIA.get(criterion)(conv.weight.detach())
         assert scores.shape == (conv.out_channels,)
         assert torch.isfinite(scores).all()
-    pruned = structured_l1(model, 0.5, criterion=criterion).eval()
+    pruned = structured_prune(model, 0.5, criterion=criterion).eval()
     assert torch.isfinite(pruned(_images())).all()
+
+
+@pytest.mark.parametrize("criterion", UNSTRUCTURED_CRITERIA.names())
+def test_every_unstructured_criterion_scores_each_weight_and_prunes(criterion: str) -> None:
+    model = _model()
+    for conv in model.convs:
+        scores = UNSTRUCTURED_CRITERIA.get(criterion)(conv.weight.detach())
+        assert scores.shape == conv.weight.shape
+        assert torch.isfinite(scores).all() and (scores >= 0).all()
+    total = sum(conv.weight.numel() for conv in model.convs)
+    global_prune_(model, 0.3, criterion=criterion)
+    assert _zeros(model) == round(0.3 * total)
+    assert torch.isfinite(model.eval()(_images())).all()
+
+
+def test_old_names_are_the_general_entry_points_with_default_criteria() -> None:
+    assert CRITERIA is STRUCTURED_CRITERIA
+    assert structured_l1 is structured_prune
+    a, b = global_magnitude_(_model(), 0.4), global_prune_(_model(), 0.4, criterion="magnitude")
+    for old, new in zip(a.convs, b.convs, strict=True):
+        assert torch.equal(old.weight_mask, new.weight_mask)
 
 
 def test_l1_criterion_is_filter_l1_norm() -> None:
@@ -104,14 +129,18 @@ def test_l1_criterion_is_filter_l1_norm() -> None:
     with torch.no_grad():
         conv.weight.copy_(torch.arange(54, dtype=torch.float32).reshape(3, 2, 3, 3) - 20)
     expected = [sum(abs(v) for v in range(18 * o - 20, 18 * o - 2)) for o in range(3)]
-    assert CRITERIA.get("l1")(conv).tolist() == expected
+    assert STRUCTURED_CRITERIA.get("l1")(conv.weight.detach()).tolist() == expected
 
 
 def test_unknown_criterion_lists_valid_names() -> None:
     with pytest.raises(KeyError, match="l1"):
-        CRITERIA.get("l7")
-    with pytest.raises(KeyError, match="valid names: .*l1"):
-        structured_l1(_model(), 0.3, criterion="l7")
+        STRUCTURED_CRITERIA.get("l7")
+    with pytest.raises(ValueError, match="criterion 'l7'; registered: .*l1"):
+        structured_prune(_model(), 0.3, criterion="l7")
+    with pytest.raises(ValueError, match="criterion 'l7'; registered: .*l1"):
+        keep_indices(_model().convs[0], 0.3, criterion="l7")
+    with pytest.raises(ValueError, match="criterion 'l1'; registered: .*magnitude"):
+        global_prune_(_model(), 0.2, criterion="l1")  # a structured name is not unstructured
 
 
 # ----------------------------------------------------------------------------- scoring / schedule
@@ -438,3 +467,178 @@ def test_optimizer_state_resumes_into_a_fresh_model() -> None:
     step(fresh, fresh_optimizer)
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
+
+
+# ----------------------------------------------------------------------------- default criteria
+# The study's numbers must not move: the default criteria against naive re-computations of the
+# rules they implement, on weights with ties (structured) and through training (unstructured).
+
+
+def _reference_structured(model: nn.Module, rates: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Naive structured L1 pruning on the state dict: Python sorts, index lists, no registry."""
+    state = model.state_dict()
+
+    def current(key: str) -> torch.Tensor:  # what the forward uses (masked entries as zeros)
+        if key + "_mask" in state:
+            return state[key + "_orig"] * state[key + "_mask"]
+        return state[key]
+
+    out: dict[str, torch.Tensor] = {}
+    keep_in = [0, 1, 2]
+    for name in conv_names(model):
+        weight = current(f"{name}.weight")
+        c_out = weight.shape[0]
+        norms = [float(weight[o].abs().sum()) for o in range(c_out)]
+        n_keep = max(1, round((1.0 - rates[name]) * c_out))
+        keep = sorted(sorted(range(c_out), key=lambda o: (-norms[o], o))[:n_keep])
+        out[f"{name}.weight"] = weight[keep][:, keep_in]
+        out[f"{name}.bias"] = current(f"{name}.bias")[keep]
+        bn = f"features.{int(name.split('.')[1]) + 1}"
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{bn}.{attr}"] = current(f"{bn}.{attr}")[keep]
+        out[f"{bn}.num_batches_tracked"] = state[f"{bn}.num_batches_tracked"]
+        keep_in = keep
+    side = model.config.feature_size
+    fc = f"classifier.{len(model.classifier) - 1}"
+    columns = [c * side * side + j for c in keep_in for j in range(side * side)]
+    out[f"{fc}.weight"] = current(f"{fc}.weight")[:, columns]
+    out[f"{fc}.bias"] = current(f"{fc}.bias")
+    return out
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_structured_default_criterion_equals_naive_l1_with_ties(masked: bool) -> None:
+    model = _model()
+    with torch.no_grad():
+        for conv in model.convs:  # coarse weights: many filters share an L1 norm
+            conv.weight.copy_((conv.weight * 4).round() / 4)
+    ties = 0
+    for conv in model.convs:
+        norms = conv.weight.detach().abs().sum((1, 2, 3)).sort(descending=True).values
+        n_keep = num_kept(conv.out_channels, 0.5)
+        ties += bool(norms[n_keep - 1] == norms[n_keep])
+    assert ties > 0  # the tie rule decides some filters: the comparison is not vacuous
+    if masked:
+        global_magnitude_(model, 0.5)
+    for rates in (spec_rates(model, 0.5), {name: 0.3 for name in conv_names(model)}):
+        expected = _reference_structured(model, rates)
+        for pruned in (structured_prune(model, rates), structured_l1(model, rates, "l1")):
+            state = pruned.state_dict()
+            assert pruned.config.widths == tuple(
+                expected[f"{name}.bias"].numel() for name in conv_names(model)
+            )
+            assert set(state) == set(expected)
+            for key, value in expected.items():
+                assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
+def _sgd_step(model: nn.Module, seed: int) -> None:
+    """One training step; afterwards the derived `weight` of a masked conv is stale."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
+    labels = torch.rand(4, NUM_CLASSES, generator=torch.Generator().manual_seed(seed)) > 0.5
+    loss = F.multilabel_soft_margin_loss(model(_images(seed=seed)), labels.float())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_unstructured_default_criterion_equals_naive_global_magnitude() -> None:
+    """Each round masks the round(0.2 * remaining) smallest current |w| over all convs."""
+    model = _model().train()
+    masks = [torch.ones_like(conv.weight) for conv in model.convs]
+    for k in range(4):
+        weights = [
+            conv.weight_orig * conv.weight_mask if has_masks(conv) else conv.weight
+            for conv in model.convs
+        ]
+        flat = torch.cat([w.detach().abs().reshape(-1) for w in weights])  # (N,)
+        alive = torch.cat([m.reshape(-1) for m in masks]).bool()  # (N,)
+        candidates = alive.nonzero().squeeze(1)  # (R,)
+        values = flat[candidates]
+        n_prune = round(0.2 * candidates.numel())
+        order = values.argsort()  # (R,)
+        assert values[order[n_prune - 1]] < values[order[n_prune]]  # no tie at the cut
+        expected = alive.clone()
+        expected[candidates[order[:n_prune]]] = False
+
+        global_prune_(model, 0.2) if k % 2 else global_magnitude_(model, 0.2)
+        got = torch.cat([conv.weight_mask.reshape(-1) for conv in model.convs]).bool()
+        assert torch.equal(got, expected), k
+        masks = [conv.weight_mask.clone() for conv in model.convs]
+        _sgd_step(model, seed=k)
+
+
+# ----------------------------------------------------------------------------- plugin criteria
+
+
+@pytest.fixture
+def scratch_criteria(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Criteria a test registers are gone after it: both registries' dicts are restored."""
+    for registry in (STRUCTURED_CRITERIA, UNSTRUCTURED_CRITERIA):
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+
+
+def test_a_registered_structured_criterion_selects_its_filters(scratch_criteria) -> None:
+    @STRUCTURED_CRITERIA.register("test_l2")
+    def l2_filter_norm(weight: torch.Tensor) -> torch.Tensor:
+        return weight.pow(2).sum(dim=(1, 2, 3)).sqrt()  # (C_out,)
+
+    conv = nn.Conv2d(1, 3, 3)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 3.0  # L1 3, L2 3
+        conv.weight[1] = 0.5  # L1 4.5, L2 1.5
+        conv.weight[2, 0, 0, 0] = 2.0  # L1 2, L2 2
+    assert keep_indices(conv, 0.5).tolist() == [0, 1]
+    assert keep_indices(conv, 0.5, criterion="test_l2").tolist() == [0, 2]
+
+    model = _model()
+    by_l1 = structured_prune(model, 0.5)
+    by_l2 = structured_prune(model, 0.5, criterion="test_l2")
+    assert by_l2.config.widths == by_l1.config.widths  # the rates set the widths
+    keep_in = torch.arange(3)
+    changed = 0
+    for old, new, other in zip(model.convs, by_l2.convs, by_l1.convs, strict=True):
+        norms = old.weight.detach().pow(2).sum((1, 2, 3))
+        keep = norms.topk(new.out_channels).indices.sort().values
+        assert torch.equal(new.weight, old.weight[keep][:, keep_in])
+        changed += not torch.equal(new.weight, other.weight)
+        keep_in = keep
+    assert changed > 0
+
+
+def test_a_registered_unstructured_criterion_selects_its_weights(scratch_criteria) -> None:
+    @UNSTRUCTURED_CRITERIA.register("test_layer_normalised")
+    def layer_normalised(weight: torch.Tensor) -> torch.Tensor:
+        return weight.abs() / weight.abs().mean()  # (C_out, C_in, k, k)
+
+    by_magnitude = global_prune_(_model(), 0.5)
+    model = global_prune_(_model(), 0.5, criterion="test_layer_normalised")
+    scores = torch.cat(
+        [
+            (c.weight_orig.abs() / c.weight_orig.abs().mean()).detach().reshape(-1)
+            for c in model.convs
+        ]
+    )
+    n_prune = round(0.5 * scores.numel())
+    order = scores.argsort()  # (N,)
+    assert scores[order[n_prune - 1]] < scores[order[n_prune]]  # no tie at the cut
+    expected = torch.ones_like(scores)
+    expected[order[:n_prune]] = 0.0
+    got = torch.cat([conv.weight_mask.reshape(-1) for conv in model.convs])
+    assert torch.equal(got, expected)
+    other = torch.cat([conv.weight_mask.reshape(-1) for conv in by_magnitude.convs])
+    assert (got != other).sum() > 0.01 * got.numel()  # not magnitude under another name
+
+
+def test_criteria_with_malformed_scores_are_refused_before_any_cut(scratch_criteria) -> None:
+    STRUCTURED_CRITERIA.register("test_scalar")(lambda weight: weight.sum())
+    UNSTRUCTURED_CRITERIA.register("test_signed")(lambda weight: weight)
+    UNSTRUCTURED_CRITERIA.register("test_per_filter")(lambda weight: weight.abs().sum((1, 2, 3)))
+    with pytest.raises(ValueError, match=r"'test_scalar' returned shape \(\), expected \(4,\)"):
+        structured_prune(_model(), 0.3, criterion="test_scalar")
+    for name, message in [("test_signed", "not finite and >= 0"), ("test_per_filter", "shape")]:
+        model = _model()
+        with pytest.raises(ValueError, match=message):
+            global_prune_(model, 0.2, criterion=name)
+        assert not has_masks(model)

@@ -1,50 +1,89 @@
-"""End to end: `make all PROFILE=smoke` from data to the paper's tables (slow; run in CI)."""
+"""The study as data: stages, compression-method words and the grid the Makefile reads."""
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+import sys
 
-import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from attrlib import stages
+from attrlib.config import PROFILES, get_profile
+from attrlib.distill import NO_MATCHING
+from attrlib.study import (
+    COMPRESSION,
+    STAGES,
+    colour,
+    grid,
+    makefile_grid,
+    method_label,
+    method_labels,
+)
+from attrlib.study import NO_MATCHING as STUDY_NO_MATCHING
 
 
-@pytest.mark.slow
-def test_make_all_smoke_builds_every_artefact(smoke_study):
-    runs, make = smoke_study.runs, list(smoke_study.command)
+def test_the_light_constant_equals_the_library_one():
+    assert STUDY_NO_MATCHING == NO_MATCHING
 
-    expected = [
-        "teacher/01_teacher.ipynb",
-        "teacher/best.pt",
-        "teacher/eval.json",
-        "distill/x2-kd-s0/02_distill.ipynb",
-        "distill/x2-swa-s0/eval.json",
-        "prune_oneshot/p0.5-naive-s0/eval.json",
-        "prune_oneshot/p0.5-swa-s0/cost.json",
-        "prune_iterative/naive-s0/iter_02/eval.json",
-        "prune_iterative/swa-s0/final.pt",
-        "evaluate/05_evaluate.ipynb",
-        "paper/06_paper.ipynb",
-        "paper/table_distillation.md",
-        "paper/table_structured.csv",
-        "paper/unstructured_auc.png",
-        "paper/qualitative.pdf",
-        "paper/summary.md",
-        "paper/iterative_maps.gif",
-    ]
-    missing = [p for p in expected if not (runs / p).exists()]
-    assert not missing, missing
 
-    # the paper's tables contain every run
-    all_runs = pd.read_csv(runs / "paper" / "all_runs.csv")
-    evaluated = {str(p.parent.relative_to(runs)) for p in runs.glob("**/eval.json")}
-    assert set(all_runs["run"]) == evaluated
-    distill = (runs / "paper" / "table_distillation.md").read_text()
-    for label in ("teacher", "KD", "KD+SWA"):
-        assert f"| {label} " in distill
+def test_stages_are_registered_in_pipeline_order_with_their_settings():
+    assert STAGES.names() == ["teacher", "distill", "prune_oneshot", "prune_iterative"]
+    settings = {s: STAGES.get(s).setting for s in STAGES}
+    assert settings == {
+        "teacher": None,
+        "distill": "width_div",
+        "prune_oneshot": "rate",
+        "prune_iterative": "iteration",
+    }
+    labels = [STAGES.get(s).label(v) for s, v in (("distill", 4.0), ("prune_oneshot", 0.7))]
+    assert labels == ["x4", "rate 0.7"]
+    assert STAGES.get("prune_iterative").label(8.0) == "iteration 8"
+    for name in STAGES:  # each config class takes its own defaults
+        stage = STAGES.get(name)
+        stage.config()
+        assert callable(getattr(stages, stage.function))
 
-    # a second `make all` has nothing left to do
-    again = subprocess.run(make + ["-q"], cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0, "make -q: some target is out of date after a full run"
+
+@pytest.mark.parametrize(
+    ("stage", "config", "label"),
+    [
+        ("teacher", {}, "teacher"),
+        ("distill", {"matching": "none"}, "KD"),
+        ("distill", {"matching": "swa", "drop_fraction": 0.3}, "KD+stochastic SWA"),
+        ("distill", {"matching": "gxf"}, "KD+gxf"),  # a plugin's, with no table entry
+        ("prune_oneshot", {"matching": "none"}, "naive"),
+        ("prune_oneshot", {"matching": "ewa"}, "EWA"),
+        ("prune_oneshot", {"matching": "none", "criterion": "l2"}, "naive (l2)"),
+        ("prune_iterative", {"matching": "swa", "drop_fraction": 0.0}, "SWA"),
+    ],
+)
+def test_method_labels(stage, config, label):
+    assert method_label(stage, config) == label
+
+
+def test_labels_have_colours_and_table_order():
+    assert method_labels("distill") == ["KD", "KD+EWA", "KD+SWA", "KD+stochastic SWA"]
+    assert method_labels("prune_oneshot") == ["naive", "EWA", "SWA", "stochastic SWA"]
+    assert colour("KD") == colour("naive") and colour("SWA") == colour("KD+SWA")
+    assert colour("teacher") and colour("KD+gxf") is None
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_grid_comes_from_the_profile(profile):
+    prof, g = get_profile(profile), grid(profile)
+    assert (g.seeds, g.widths, g.rates) == (prof.seeds, prof.student_width_divs, prof.prune_rates)
+    for words in (g.distill, g.oneshot, g.iterative):
+        assert all(w in COMPRESSION for w in words)
+
+
+def test_makefile_grid_is_read_without_torch():
+    """make reads the grid on every run: it must not pay for importing torch."""
+    code = (
+        "import sys; from attrlib.study import makefile_grid; makefile_grid('default'); "
+        "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    text = makefile_grid("smoke")
+    assert "DISTILL_METHODS := kd swa\n" in text
+    assert "MATCH_sswa := -p matching swa -p drop_fraction 0.3\n" in text

@@ -19,7 +19,6 @@ from attrlib.synthvoc import generate
 from attrlib.targets import (
     TeacherTargets,
     build_targets,
-    main,
     profile_epochs,
     profile_kinds,
 )
@@ -377,7 +376,7 @@ def cli_store(env):
     """`python -m attrlib.targets` on the smoke profile with the random teacher."""
     out = env.base / "cli" / "targets.pt"
     argv = ["--teacher", str(env.teacher_path), "--data-root", str(env.root), "--profile"]
-    path = main([*argv, "smoke", "--out", str(out), "--device", "cpu"])
+    path = stages.targets_main([*argv, "smoke", "--out", str(out), "--device", "cpu"])
     return path
 
 

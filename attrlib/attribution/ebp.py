@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.composites import ExcitationBackprop
 
-from attrlib.attribution import register_layer_method
+from attrlib.attribution.base import register_layer_method
 
 STABILIZER = 1e-6  # added to each denominator (zennit's default); the authors' code uses 1e-10
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrlib.attribution import register_layer_method
+from attrlib.attribution.base import register_layer_method
 
 
 @register_layer_method("gradcam")

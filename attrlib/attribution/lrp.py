@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attrlib.attribution import METHODS, propagation
+from attrlib.attribution import propagation
+from attrlib.attribution.base import METHODS
 
 STABILIZER = 1e-6  # added to each (non-negative) denominator, zennit's default
 

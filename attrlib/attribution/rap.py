@@ -29,7 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from attrlib.attribution import METHODS, propagation
+from attrlib.attribution import propagation
+from attrlib.attribution.base import METHODS
 
 # Masks are float tensors of 0 and 1 in the data's dtype, applied by multiplication: on CPU,
 # `torch.where` and arithmetic with bool tensors are several times slower than float

@@ -1,0 +1,215 @@
+"""The study as data: its stages, the words of its compression methods, each profile's grid.
+
+A stage is one registry entry (folder, notebook, config class, run function, the config key
+its runs differ by); a compression method is another (the word in run names, its notebook
+parameters, its label and colour). The paper iterates these registries and the Makefile
+reads the grid from `python -m attrlib.study grid PROFILE`, so each is written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from attrlib.config import (
+    DistillConfig,
+    EvalConfig,
+    Profile,
+    PruneIterativeConfig,
+    PruneOneShotConfig,
+    TeacherConfig,
+    get_profile,
+)
+from attrlib.registry import Registry
+
+# attrlib.distill.NO_MATCHING (tests hold them equal): this module imports no torch, so that
+# make reads the grid in a fraction of a second
+NO_MATCHING = "none"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the study; its runs live in `runs/<profile>/<name>/`."""
+
+    name: str
+    notebook: str  # notebooks/<notebook>.ipynb
+    config: type
+    function: str  # its run function in attrlib.stages: config -> (model, results)
+    setting: str | None = None  # config key its runs differ by (width_div, rate, iteration)
+    label: Callable[[float], str] = str  # a setting's value as figures and tables print it
+    baseline: str = ""  # the word of its method without matching ("" = nothing compared)
+    pooled: bool = False  # the summary pools its settings (the iterations of one schedule)
+
+    def run(self, cfg):
+        return getattr(importlib.import_module("attrlib.stages"), self.function)(cfg)
+
+
+STAGES: Registry[Stage] = Registry("stage")
+for _stage in (
+    Stage(TeacherConfig.stage, "01_teacher", TeacherConfig, "train_teacher"),
+    Stage(
+        DistillConfig.stage,
+        "02_distill",
+        DistillConfig,
+        "train_student",
+        setting="width_div",
+        label=lambda v: f"x{int(v)}",
+        baseline="kd",
+    ),
+    Stage(
+        PruneOneShotConfig.stage,
+        "03_prune_oneshot",
+        PruneOneShotConfig,
+        "prune_oneshot",
+        setting="rate",
+        label=lambda v: f"rate {float(v):g}",
+        baseline="naive",
+    ),
+    Stage(
+        PruneIterativeConfig.stage,
+        "04_prune_iterative",
+        PruneIterativeConfig,
+        "prune_iterative",
+        setting="iteration",
+        label=lambda v: f"iteration {int(v)}",
+        baseline="naive",
+        pooled=True,
+    ),
+):
+    STAGES.register(_stage.name)(_stage)
+EVALUATION = Stage(EvalConfig.stage, "05_evaluate", EvalConfig, "evaluate_checkpoint")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method: the word of its runs' names and what it sets."""
+
+    word: str  # x2-<word>-s0, p0.3-<word>-s0, <word>-s0
+    label: str  # tables and figures; distillation prefixes "KD+" ("" = no matching)
+    colour: str
+    matching: str = NO_MATCHING
+    stochastic: bool = False  # drops the profile's `drop_fraction` of teacher channels
+
+    def parameters(self, prof: Profile) -> dict:
+        """The notebook parameters of a run of this method."""
+        params = {"matching": self.matching}
+        if self.stochastic:
+            params["drop_fraction"] = prof.drop_fraction
+        return params
+
+
+COMPRESSION: Registry[Method] = Registry("compression method")
+for _method in (
+    Method("kd", "", "#1f77b4"),
+    Method("naive", "", "#1f77b4"),
+    Method("ewa", "EWA", "#9467bd", matching="ewa"),
+    Method("swa", "SWA", "#d62728", matching="swa"),
+    Method("sswa", "stochastic SWA", "#ff7f0e", matching="swa", stochastic=True),
+):
+    COMPRESSION.register(_method.word)(_method)
+TEACHER_COLOUR = "#4d4d4d"
+
+
+def _method_of(matching: str, stochastic: bool) -> Method | None:
+    for word in COMPRESSION:
+        method = COMPRESSION.get(word)
+        if method.matching == matching and method.stochastic == stochastic:
+            return method
+    return None
+
+
+def method_label(stage: str, config: dict) -> str:
+    """A run's method as tables and figures name it: KD+SWA, naive, stochastic SWA, ..."""
+    if stage == "teacher":
+        return "teacher"
+    matching = config.get("matching", NO_MATCHING)
+    stochastic = (config.get("drop_fraction") or 0.0) > 0
+    method = _method_of(matching, stochastic)
+    # a plugin's matching without a table entry is named by its own word
+    name = method.label if method else ("stochastic " if stochastic else "") + matching
+    if stage == "distill":
+        return "KD" + (f"+{name}" if name else "")
+    name = name or "naive"
+    # stored only when not the stage's default (attrlib.config.ADDED): l1 / magnitude unnamed
+    return f"{name} ({config['criterion']})" if config.get("criterion") else name
+
+
+def method_labels(stage: str) -> list[str]:
+    """Every method's label in the stage, in table order (the registry's)."""
+    labels = []
+    for word in COMPRESSION:
+        m = COMPRESSION.get(word)
+        label = method_label(stage, {"matching": m.matching, "drop_fraction": float(m.stochastic)})
+        if label not in labels:
+            labels.append(label)
+    return labels
+
+
+def colour(label: str) -> str | None:
+    """The colour of a method label in every figure (None: matplotlib's next)."""
+    if label == "teacher":
+        return TEACHER_COLOUR
+    for stage in STAGES:
+        for word in COMPRESSION:
+            m = COMPRESSION.get(word)
+            config = {"matching": m.matching, "drop_fraction": float(m.stochastic)}
+            if method_label(stage, config) == label:
+                return m.colour
+    return None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The runs `make all` starts for a profile."""
+
+    seeds: tuple[int, ...]
+    widths: tuple[int, ...]
+    rates: tuple[float, ...]
+    distill: tuple[str, ...]  # method words
+    oneshot: tuple[str, ...]
+    iterative: tuple[str, ...]
+
+
+def grid(profile: str) -> Grid:
+    prof = get_profile(profile)
+    return Grid(
+        prof.seeds,
+        prof.student_width_divs,
+        prof.prune_rates,
+        prof.distill_methods,
+        prof.oneshot_methods,
+        prof.iterative_methods,
+    )
+
+
+def makefile_grid(profile: str) -> str:
+    """The grid as Makefile assignments (`make` includes it)."""
+    g, prof = grid(profile), get_profile(profile)
+    lines = [
+        f"GRID_SEEDS := {' '.join(map(str, g.seeds))}",
+        f"DISTILL_WIDTHS := {' '.join(map(str, g.widths))}",
+        f"DISTILL_METHODS := {' '.join(g.distill)}",
+        f"PRUNE_RATES := {' '.join(f'{r:g}' for r in g.rates)}",
+        f"ONESHOT_METHODS := {' '.join(g.oneshot)}",
+        f"ITERATIVE_METHODS := {' '.join(g.iterative)}",
+    ]
+    for word in COMPRESSION:
+        params = COMPRESSION.get(word).parameters(prof)
+        lines.append(f"MATCH_{word} := " + " ".join(f"-p {k} {v}" for k, v in params.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attrlib.study", description=__doc__)
+    parser.add_argument("command", choices=["grid"])
+    parser.add_argument("profile")
+    args = parser.parse_args(argv)
+    sys.stdout.write(makefile_grid(args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""A plugin, as a researcher would write one outside attrlib: three decorated functions.
+
+Imported by name (`plugins=["tests.extension_plugin"]` in the notebooks), it registers an
+attribution method, a matching map and a structured pruning criterion; tests/test_extension.py
+runs the smoke study with them selected by notebook parameters only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attrlib.attribution import METHODS
+from attrlib.distill import MATCHINGS
+from attrlib.prune import STRUCTURED_CRITERIA
+
+
+@METHODS.register("gradient_x_input")
+def gradient_x_input(model, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Gradient x input summed over colour channels, positive part: (B, H, W)."""
+    images = images.detach().requires_grad_(True)
+    selected = model(images).gather(1, classes[:, None]).sum()  # rows independent: one backward
+    (grad,) = torch.autograd.grad(selected, images)
+    return F.relu((grad * images).sum(dim=1)).detach()
+
+
+@MATCHINGS.register("gxf")
+def gradient_x_feature_map(feature, logits, classes, create_graph=False, channel_keep=None):
+    """ReLU of the channel sum of gradient x feature at the matching layer: (B, h, w)."""
+    selected = logits.gather(1, classes[:, None]).sum()
+    (grad,) = torch.autograd.grad(selected, feature, create_graph=create_graph)
+    if channel_keep is not None:
+        grad = grad * channel_keep[:, :, None, None]
+    return F.relu((grad * feature).sum(dim=1))
+
+
+@STRUCTURED_CRITERIA.register("l2")
+def l2_filter_norm(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each filter: (C_out,)."""
+    return weight.flatten(1).norm(dim=1)

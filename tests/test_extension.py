@@ -1,0 +1,76 @@
+"""Adding a method is one decorated function, end to end (slow; run in CI).
+
+`tests/extension_plugin.py` registers an attribution method, a matching map and a pruning
+criterion from outside attrlib; the smoke study runs through the notebooks with them selected
+by parameters only, and the paper's tables and figures show the new method and runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from attrlib.config import get_profile
+from attrlib.paper import unstructured_curves
+from attrlib.synthvoc import generate
+from tests.conftest import ROOT
+from tests.test_notebooks import _execute
+
+PLUGIN = "tests.extension_plugin"
+
+
+@pytest.mark.slow
+def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kernels import the plugin by its name
+    spec = get_profile("smoke").synth
+    data = generate(
+        tmp_path / "data", spec.n_train, spec.n_val, spec.image_size, workers=1, progress=False
+    )
+    runs = tmp_path / "runs"
+    common = {"profile": "smoke", "data_root": str(data), "device": "cpu"}
+    plugins = {"plugins": [PLUGIN]}
+    _execute("01_teacher", runs / "teacher", out_dir=str(runs / "teacher"), **common)
+    teacher = str(runs / "teacher" / "best.pt")
+    for name, out, params in (
+        ("02_distill", "distill/x2-kd-s0", {"teacher": teacher}),
+        ("02_distill", "distill/x2-gxf-s0", {"teacher": teacher, "matching": "gxf"}),
+        ("03_prune_oneshot", "prune_oneshot/p0.5-naive-s0", {"model": teacher, "rate": 0.5}),
+        (
+            "03_prune_oneshot",
+            "prune_oneshot/p0.5-l2-s0",
+            {"model": teacher, "rate": 0.5, "criterion": "l2"},
+        ),
+        ("04_prune_iterative", "prune_iterative/naive-s0", {"model": teacher}),
+    ):
+        _execute(name, runs / out, out_dir=str(runs / out), **params, **common, **plugins)
+    assert (
+        json.loads((runs / "prune_oneshot/p0.5-l2-s0/config.json").read_text())["criterion"] == "l2"
+    )
+    checkpoints = [str(p) for p in sorted(runs.glob("**/best.pt"))]
+    _execute(
+        "05_evaluate",
+        runs / "evaluate",
+        out_dir=str(runs / "evaluate"),
+        teacher=teacher,
+        checkpoints=checkpoints,
+        batch_size=8,
+        **common,
+        **plugins,
+    )
+    paper = runs / "paper"
+    _execute("06_paper", paper, profile="smoke", runs_dir=str(runs), out_dir=str(paper), **plugins)
+
+    frame = pd.read_csv(paper / "all_runs.csv")
+    assert {"gradient_x_input auc", "gradient_x_input pointing"} <= set(frame.columns)
+    assert frame["gradient_x_input auc"].notna().any()
+    assert {"KD", "KD+gxf"} <= set(frame.loc[frame["stage"] == "distill", "method"])
+    assert {"naive", "naive (l2)"} <= set(frame.loc[frame["stage"] == "prune_oneshot", "method"])
+    distillation = (paper / "table_distillation.md").read_text()
+    assert "gradient_x_input auc" in distillation and "| KD+gxf " in distillation
+    assert "naive (l2)" in (paper / "table_structured.md").read_text()
+    assert "gradient_x_input" in (paper / "summary.md").read_text()
+    curves = unstructured_curves(frame)  # the notebook's figure, from the same rows
+    assert "gradient_x_input auc" in [ax.get_title() for ax in curves.axes]
+    assert (paper / "unstructured_auc.png").is_file() and (paper / "qualitative.png").is_file()
