@@ -38,7 +38,6 @@ from attrlib.metrics import (
 from attrlib.models import eval_mode
 from attrlib.predict import predict, prediction_metrics
 
-DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "ebp", "lrp", "rap")
 AGREEMENT_TOP = 0.15  # fraction of the teacher's highest pixels that forms its "region"
 
 
@@ -113,7 +112,7 @@ class ReferenceMaps:
 def localization_table(
     model: nn.Module,
     dataset: Dataset,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     reference: nn.Module | ReferenceMaps | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
@@ -124,6 +123,7 @@ def localization_table(
 
     Args:
         dataset: items (image (3,S,S), labels (K,), mask (S,S)) — `VOCLocalization`.
+        methods: names in `METHODS`; None = every registered one.
         reference: the teacher / unpruned network (or its shared `ReferenceMaps`), or None
             (no agreement columns).
         require_prediction: score only pairs the model predicts (logit > 0), as the paper;
@@ -131,6 +131,7 @@ def localization_table(
     Returns:
         (table, counts) with counts of GT pairs, predicted pairs and unscorable pairs.
     """
+    methods = METHODS.names() if methods is None else list(methods)
     for name in methods:
         METHODS.get(name)
     device = torch.device(device)
@@ -190,7 +191,7 @@ def evaluate_model(
     model: nn.Module,
     val_set: Dataset,
     loc_set: Dataset,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     reference: nn.Module | ReferenceMaps | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",

@@ -96,11 +96,11 @@ from sklearn.metrics import auc, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from attrlib.attribution import attribute, upsample
+from attrlib.attribution import METHODS, attribute, upsample
 from attrlib.attribution.ebp import ebp_composite
 from attrlib.data import VOID, VOCLocalization, load_classes
 from attrlib.engine import load_model
-from attrlib.evaluate import DEFAULT_METHODS, localization_table, select_pairs, trunk_forward
+from attrlib.evaluate import localization_table, select_pairs, trunk_forward
 from attrlib.io import write_json_atomic
 from attrlib.models import eval_mode, vgg16_bn_voc
 
@@ -545,7 +545,9 @@ def main() -> None:
     parser.add_argument("--data-root", default="data/synthvoc-default/VOCdevkit/VOC2012")
     parser.add_argument("--checkpoint", default=None, help="attrlib checkpoint (best.pt)")
     parser.add_argument("--images", type=int, default=64, help="first N segmentation-val images")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=METHODS.names(), help="default: every registered method"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
     parser.add_argument(

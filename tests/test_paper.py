@@ -12,6 +12,7 @@ from attrlib.paper import (
     format_table,
     method_label,
     paired_tests,
+    qualitative_runs,
     readme_tables,
     save_table,
     schedule_runs,
@@ -231,3 +232,18 @@ def test_readme_tables_are_made_from_all_runs(runs):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "x2" and cells[2].startswith("0.900 ± ")  # mAP 0.8 + shift 0.1
     assert cells[-3] == "20" and cells[-2] == "0.375 ± 0.177" and cells[-1] == "2"
+
+
+def test_qualitative_runs_are_labelled_by_their_setting(runs):
+    frame = collect(runs, require=["teacher", "distill"])
+    chosen = qualitative_runs(frame)
+    assert list(chosen) == ["teacher", "KD (x2)", "KD+SWA (x2)"]
+    assert chosen["KD+SWA (x2)"] == "distill/x2-swa-s0"  # the first seed
+
+
+def test_stage_comes_from_config_json_when_recorded(runs):
+    """A run records its stage; only runs written before that are placed by their folder."""
+    config = runs / "distill" / "x2-kd-s0" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "stage": "teacher"}))
+    frame = collect(runs, require=["teacher", "distill"])
+    assert frame.loc[frame["run"] == "distill/x2-kd-s0", "stage"].item() == "teacher"
