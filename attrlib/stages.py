@@ -20,6 +20,7 @@ from attrlib.config import (
     resolve_device,
 )
 from attrlib.cost import sparsity
+from attrlib.curves import EpochCurves
 from attrlib.data import (
     VOCClassification,
     VOCLocalization,
@@ -97,24 +98,28 @@ def _fit_stage(
     progress: bool = True,
     view_offset: int = 0,
 ) -> dict:
-    """`engine.fit` with what every stage config provides (recipe, device, seed, out_dir)."""
+    """`engine.fit` with what every stage config provides (recipe, device, seed, out_dir);
+    its curves go to TensorBoard in `out_dir/tb/` (attrlib.curves)."""
     train, val, classes = data
-    return fit(
-        model,
-        objective,
-        train,
-        val,
-        cfg.recipe,
-        out_dir=Path(out_dir or cfg.out_dir),
-        classes=classes,
-        seed=cfg.seed if seed is None else seed,
-        device=resolve_device(cfg.device),
-        stage_config=stage_config or cfg.to_dict(),
-        num_workers=loader_workers(get_profile(cfg.profile).num_workers),
-        progress=progress,
-        view_offset=view_offset,
-        stage=cfg.stage,
-    )
+    out_dir = Path(out_dir or cfg.out_dir)
+    with EpochCurves(out_dir) as curves:
+        return fit(
+            model,
+            objective,
+            train,
+            val,
+            cfg.recipe,
+            out_dir=out_dir,
+            classes=classes,
+            seed=cfg.seed if seed is None else seed,
+            device=resolve_device(cfg.device),
+            stage_config=stage_config or cfg.to_dict(),
+            num_workers=loader_workers(get_profile(cfg.profile).num_workers),
+            on_epoch_end=curves,
+            progress=progress,
+            view_offset=view_offset,
+            stage=cfg.stage,
+        )
 
 
 def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
