@@ -6,6 +6,9 @@
 # real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc);
 # SEEDS: seeds of every compression setting (default profile 0 1 2, smoke and voc 0;
 # DISTILL_SEEDS, PRUNE_SEEDS: one stage's); JOBS=n runs n grid runs at a time.
+# Scaling out: GPUS="0 1 2 3" gives each grid run a GPU of its own (JOBS defaults to their
+# number); LAUNCH="srun ..." starts each run through a cluster launcher; NPROC=n starts each
+# stage under torchrun (not yet usable, see below). README, "Scaling out".
 # Wall time per stage: runs/<profile>/timings.csv; `make results` copies the tables into docs/.
 
 PROFILE ?= default
@@ -14,10 +17,15 @@ VOC_ROOT ?=
 TEACHER_WEIGHTS ?=
 PYTHON ?= python3
 # Runs of the compression grid execute side by side: JOBS at a time, each with THREADS torch
-# threads (small networks use two cores poorly, two runs use them well). One job on a GPU.
+# threads (small networks use two cores poorly, two runs use them well). One job on a GPU,
+# unless GPUS lists the GPUs to use: then one job per GPUS_PER_RUN of them.
 NCPU := $(shell nproc 2>/dev/null || echo 1)
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-JOBS ?= $(if $(GPU),1,$(shell echo $$(( $(NCPU) < 8 ? $(NCPU) : 8 ))))
+GPUS ?=
+NPROC ?=
+LAUNCH ?=
+GPUS_PER_RUN := $(or $(NPROC),1)
+JOBS ?= $(if $(GPUS),$(shell echo $$(( $(words $(GPUS)) / $(GPUS_PER_RUN) > 0 ? $(words $(GPUS)) / $(GPUS_PER_RUN) : 1 ))),$(if $(GPU),1,$(shell echo $$(( $(NCPU) < 8 ? $(NCPU) : 8 )))))
 JOBS := $(JOBS)
 THREADS ?= $(shell echo $$(( $(NCPU) / $(JOBS) > 0 ? $(NCPU) / $(JOBS) : 1 )))
 THREADS := $(THREADS)
@@ -48,11 +56,48 @@ time_end = $(call time_event,end,$(1))
 # the stage of a run under $(RUNS): its first folder (distill, prune_oneshot, ...)
 stage_of = $(firstword $(subst /, ,$(patsubst $(RUNS)/%,%,$(1))))
 
+# Scaling out, with Make's own parallelism for the grid and no scheduler of our own:
+# - NPROC=n: the training stages and the evaluation run the notebook runner under
+#   `torchrun --standalone --nproc_per_node=n`: n ranks, each a runner with its own kernel
+#   executing the whole notebook (the kernel inherits RANK, WORLD_SIZE, LOCAL_RANK,
+#   MASTER_ADDR, MASTER_PORT from its runner). Not yet usable: the stages do not split their
+#   work across ranks yet and stop when WORLD_SIZE > 1 (attrlib.stages.single_process).
+#   With --rank-output only rank 0 writes the .partial- file; the other ranks write a hidden
+#   .rank<k>- copy beside it and delete it (attrlib/nbrun.py). The recipe moves rank 0's into
+#   place only when torchrun, so every rank, succeeded. The paper runs once, without torchrun.
+# - GPUS="0 1 ...": a grid run takes the first GPUS_PER_RUN GPUs whose lock in GPU_LOCKS is
+#   free (scripts/with_gpu.sh, flock) and runs with CUDA_VISIBLE_DEVICES set to them, holding
+#   the locks until it exits; JOBS defaults to the number that fit, so two runs never share
+#   a GPU. The teacher, its targets and the evaluation run alone and take the first ones.
+# - LAUNCH="srun ...": prefixes every run of a stage that trains or evaluates (teacher,
+#   targets, grid, evaluation), so each becomes a cluster job; Make still keeps the graph,
+#   resume and skips what is finished. The launcher assigns GPUs, so GPUS is for one node.
+TORCHRUN ?= $(VENV)/bin/torchrun
+GPU_LOCKS ?= $(RUNS)
+GRID_STAGES := distill prune_oneshot prune_iterative
+GPU_STAGES := teacher targets evaluate $(GRID_STAGES)
+TORCHRUN_STAGES := teacher evaluate $(GRID_STAGES)
+empty :=
+space := $(empty) $(empty)
+comma := ,
+FIRST_GPUS := $(subst $(space),$(comma),$(wordlist 1,$(GPUS_PER_RUN),$(GPUS)))
+ifneq ($(and $(GPUS),$(LAUNCH)),)
+$(error GPUS and LAUNCH together: the launcher assigns the GPUs of a cluster job; give one)
+endif
+ifneq ($(GPUS),)
+ifneq ($(words $(wordlist 1,$(GPUS_PER_RUN),$(GPUS))),$(GPUS_PER_RUN))
+$(error NPROC=$(NPROC) processes per run, each on a GPU, but GPUS lists only "$(GPUS)")
+endif
+endif
+# the command prefix and the notebook runner of stage $(1)'s runs
+run_prefix = $(if $(GPUS),$(if $(filter $(GRID_STAGES),$(1)),scripts/with_gpu.sh $(GPU_LOCKS) $(GPUS_PER_RUN) "$(GPUS)",$(if $(filter $(GPU_STAGES),$(1)),CUDA_VISIBLE_DEVICES=$(FIRST_GPUS)))) $(if $(filter $(GPU_STAGES),$(1)),$(LAUNCH))
+notebook_runner = $(if $(and $(NPROC),$(filter $(TORCHRUN_STAGES),$(1))),$(TORCHRUN) --standalone --nproc_per_node=$(NPROC) -m attrlib.nbrun --rank-output,$(PAPERMILL))
+
 # Execute notebook $(1) into $(2) with papermill (parameters $(3), environment $(4)); the
 # executed copy appears only on success. Timed as the stage its output folder names.
 define run_notebook
 	@mkdir -p $(dir $(2)) && $(call time_start,$(call stage_of,$(2)))
-	$(4) $(PAPERMILL) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
+	$(4) $(call run_prefix,$(call stage_of,$(2))) $(call notebook_runner,$(call stage_of,$(2))) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
 	@mv $(dir $(2)).partial-$(notdir $(2)) $(2) && $(call time_end,$(call stage_of,$(2)))
 endef
 
@@ -62,7 +107,7 @@ endef
 # attrlib/study.py's COMPRESSION). make writes the included file first and restarts itself;
 # goals that run no stage skip it (they need no venv).
 GRID_MK := $(RUNS)/.grid.mk
-NO_GRID_GOALS := help clean clean-runs venv test test-slow lint lab lab-install results
+NO_GRID_GOALS := help clean clean-runs venv test test-slow lint lab lab-install results tensorboard
 ifneq ($(filter-out $(NO_GRID_GOALS),$(or $(MAKECMDGOALS),all)),)
 -include $(GRID_MK)
 endif
@@ -158,7 +203,7 @@ $(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_DIGEST) | $(
 targets: $(TARGETS)
 $(TARGETS): $(TEACHER_NB)
 	@$(call time_start,targets)
-	$(PY) -m attrlib.targets --teacher $(TEACHER_CKPT) --data-root $(DATA_ROOT) --profile $(PROFILE) --out $@
+	$(call run_prefix,targets) $(PY) -m attrlib.targets --teacher $(TEACHER_CKPT) --data-root $(DATA_ROOT) --profile $(PROFILE) --out $@
 	@$(call time_end,targets)
 
 distill: $(DISTILL_NBS)
@@ -216,6 +261,12 @@ test-slow: $(VENV)/.installed-lab
 $(VENV)/.installed-lab: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lab]'
 	@touch $@
+
+# Live curves of every training stage (each run's tb/ folder), on localhost:TB_PORT.
+TB_PORT ?= 6006
+.PHONY: tensorboard
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir $(RUNS) --host localhost --port $(TB_PORT)
 
 # Removes caches and generated data; finished runs stay (see clean-runs).
 clean:

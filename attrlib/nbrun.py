@@ -15,6 +15,14 @@ papermill with two guarantees its command line lacks:
 
 Parameter values are read like papermill's `-p` (True/False/None, int, float, else str);
 `-y` takes a YAML mapping.
+
+Under `torchrun --nproc_per_node=N -m attrlib.nbrun --rank-output NB OUT ...` each of the N
+ranks is one runner with its own kernel executing the whole notebook; the kernel inherits
+the runner's environment (jupyter_client starts it with a copy of os.environ), so the
+notebook's training loop sees torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT. Only rank 0 writes OUT; every other rank executes into a hidden file beside it
+that is deleted afterwards. torchrun fails if any rank fails, so OUT is kept only when all
+finished.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +129,21 @@ def parse_value(text: str) -> Any:
     return text
 
 
+@contextmanager
+def rank_output(output: Path, rank: str | None) -> Iterator[Path]:
+    """Where this torchrun rank writes its executed notebook: `output` on rank 0 (or without
+    torchrun, `rank` None), else `.rank<k>-<name>` beside it, removed afterwards (a killed
+    rank's copy is left there, hidden, and overwritten by the next attempt)."""
+    if rank in (None, "0"):
+        yield output
+        return
+    discarded = output.with_name(f".rank{rank}-{output.name}")
+    try:
+        yield discarded
+    finally:
+        discarded.unlink(missing_ok=True)
+
+
 def _exit_now(signum: int, frame) -> None:
     print(f"attrlib.nbrun: {signal.Signals(signum).name}, stopped with the kernel", file=sys.stderr)
     os._exit(128 + signum)
@@ -139,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-y", "--yaml", action="append", default=[], help="a YAML mapping")
     parser.add_argument("--progress-bar", action="store_true")
+    parser.add_argument(
+        "--rank-output",
+        action="store_true",
+        help="under torchrun: only rank 0 (env RANK) keeps OUTPUT, the other ranks discard theirs",
+    )
     args = parser.parse_args(argv)
     parameters: dict[str, Any] = {}
     for text in args.yaml:
@@ -148,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         parameters.update(mapping)
     parameters.update({name: parse_value(value) for name, value in args.parameter})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rank = os.environ.get("RANK") if args.rank_output else None  # set by torchrun
     try:
-        execute(args.notebook, args.output, parameters, progress_bar=args.progress_bar)
+        with rank_output(args.output, rank) as output:
+            execute(args.notebook, output, parameters, progress_bar=args.progress_bar)
     except UnknownParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,19 @@ from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profi
 from attrlib.views import TrainViews, ViewSpec
 
 
+def single_process(out_dir: str | Path) -> None:
+    """Refuse to run a stage as one of several processes (torchrun, `make NPROC=n`).
+
+    The training loop and the evaluation do not split their work across processes yet, so
+    n ranks would each run the whole stage and write the same files."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise RuntimeError(
+            f"{out_dir}: started as one of {world} processes (WORLD_SIZE={world}), but the "
+            "stages do not split their work across processes yet; run without NPROC"
+        )
+
+
 def loader_workers(wanted: int) -> int:
     """DataLoader workers: the profile's number, but at most one fewer than the cores (the
     main process trains), so a 2-core machine gets 1 however many the profile asks for."""
@@ -102,6 +115,7 @@ def _fit_stage(
     its curves go to TensorBoard in `out_dir/tb/` (attrlib.curves)."""
     train, val, classes = data
     out_dir = Path(out_dir or cfg.out_dir)
+    single_process(out_dir)
     with EpochCurves(out_dir) as curves:
         return fit(
             model,
@@ -260,6 +274,7 @@ def evaluate_checkpoint(
     between the checkpoints of one evaluation (it must come from `cfg.teacher`).
     """
     out_dir = Path(cfg.out_dir)
+    single_process(out_dir)
     summary_path = out_dir / "eval.json"
     config = as_stored(cfg.to_dict())
     if summary_path.exists():

@@ -248,3 +248,150 @@ def test_data_regenerated_byte_for_byte_reruns_nothing(synth_root, tmp_path):
     image.write_bytes(image.read_bytes() + b"\0")
     (voc / "synthvoc.json").touch()  # a regeneration writes its manifest anew
     assert teacher_runs() == 2
+
+
+def _run_lines(text: str) -> list[str]:
+    """The lines of `make -n` output that execute a notebook or build the teacher's targets."""
+    return [
+        line for line in text.splitlines() if "attrlib.nbrun" in line or "attrlib.targets" in line
+    ]
+
+
+def test_nproc_runs_the_training_stages_under_torchrun(tmp_path):
+    text = _dry_run(
+        "all", "PROFILE=smoke", "NPROC=2", f"RUNS={tmp_path}/runs", f"SYNTH_ROOT={tmp_path}/data"
+    )
+    torchrun = "torchrun --standalone --nproc_per_node=2 -m attrlib.nbrun --rank-output "
+    lines = {
+        nb: [line for line in _run_lines(text) if nb in line]
+        for nb in (
+            "01_teacher",
+            "02_distill",
+            "03_prune_oneshot",
+            "04_prune_iterative",
+            "05_evaluate",
+            "06_paper",
+        )
+    }
+    for nb in ("01_teacher", "02_distill", "03_prune_oneshot", "04_prune_iterative", "05_evaluate"):
+        assert lines[nb] and all(torchrun in line for line in lines[nb]), nb
+    assert "torchrun" not in lines["06_paper"][0]  # the paper only reads the runs: once
+    plain = _dry_run("all", "PROFILE=smoke", f"RUNS={tmp_path}/runs", f"SYNTH_ROOT={tmp_path}/data")
+    assert "torchrun" not in plain and "--rank-output" not in plain
+
+
+def test_nproc_ranks_share_the_notebook_and_only_rank_0_writes_it(tmp_path):
+    """Each torchrun rank's kernel sees the rank's environment; one executed copy is kept."""
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("out_dir = ''", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(
+                "import os\n"
+                "names = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')\n"
+                "with open(f\"{out_dir}/rank{os.environ['RANK']}.txt\", 'w') as f:\n"
+                "    f.write(' '.join(os.environ[n] for n in names))\n"
+            ),
+        ]
+    )
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, tmp_path / "nb.ipynb")
+    out = tmp_path / "run"
+    out.mkdir()
+    subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "attrlib.nbrun",
+            "--rank-output",
+            str(tmp_path / "nb.ipynb"),
+            str(out / ".partial-nb.ipynb"),
+            "-p",
+            "out_dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        check=True,
+    )
+    assert sorted(p.name for p in out.iterdir()) == [".partial-nb.ipynb", "rank0.txt", "rank1.txt"]
+    seen = [(out / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert [s[:3] for s in seen] == [["0", "2", "0"], ["1", "2", "1"]]
+    assert seen[0][3:] == seen[1][3:]  # one rendezvous: the same master address and port
+
+
+def test_launch_prefixes_every_run(tmp_path):
+    text = _dry_run(
+        "all",
+        "PROFILE=smoke",
+        "LAUNCH=echo-launch --gres=gpu:1",
+        f"RUNS={tmp_path}/runs",
+        f"SYNTH_ROOT={tmp_path}/data",
+    )
+    lines = _run_lines(text)
+    grid = [line for line in lines if "/distill/" in line or "/prune_" in line]
+    assert len(grid) == 6  # smoke: two runs of each grid stage
+    for line in lines:
+        launched = "echo-launch --gres=gpu:1 .venv/bin/python -m" in line
+        assert launched == ("06_paper" not in line), line  # the paper is no cluster job
+
+
+def test_gpus_give_each_concurrent_run_a_gpu_of_its_own(tmp_path):
+    """GPUS="0 1": runs overlap two at a time (JOBS defaults to 2), never two on one GPU."""
+    stamp = tmp_path / "data" / "VOCdevkit" / "VOC2012" / "synthvoc.json"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("{}")
+    log = tmp_path / "gpus.log"
+    fake = tmp_path / "python"  # papermill and the targets builder: log GPU and times, sleep
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'[ "$2" = attrlib.data ] || [ "$2" = attrlib.timing ] && exec {sys.executable} "$@"\n'
+        'if [ "$2" = attrlib.targets ]; then for a; do out="$a"; done; else out="$4"; fi\n'
+        f'echo "$out $CUDA_VISIBLE_DEVICES $(date +%s.%N) start" >> {log}\n'
+        "sleep 0.8\n"
+        f'echo "$out $CUDA_VISIBLE_DEVICES $(date +%s.%N) end" >> {log}\n'
+        'touch "$out"\n'
+    )
+    fake.chmod(0o755)
+    runs = tmp_path / "runs"
+    common = ["PROFILE=smoke", f"PY={fake}", f"RUNS={runs}", f"SYNTH_ROOT={tmp_path}/data"]
+    jobs = subprocess.run(
+        ["make", "-s", *common, "GPUS=0 1", "--eval=jobs: ; @echo $(JOBS)", "jobs"],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert jobs.stdout.split()[-1] == "2"
+    subprocess.run(
+        ["make", "distill", "prune-oneshot", *common, "GPUS=0 1"],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spans: dict[str, dict] = {}  # output -> gpu, start, end
+    for line in log.read_text().splitlines():
+        out, gpu, seconds, event = line.split()
+        spans.setdefault(out, {"gpu": gpu})[event] = float(seconds)
+    assert spans[f"{runs}/teacher/.partial-01_teacher.ipynb"]["gpu"] == "0"
+    assert spans[f"{runs}/teacher/targets.pt"]["gpu"] == "0"
+    grid = [span for out, span in spans.items() if "/distill/" in out or "/prune_oneshot/" in out]
+    assert len(grid) == 4 and {span["gpu"] for span in grid} == {"0", "1"}
+    overlapping = [
+        (a, b)
+        for i, a in enumerate(grid)
+        for b in grid[i + 1 :]
+        if a["start"] < b["end"] and b["start"] < a["end"]
+    ]
+    assert overlapping, "no two runs side by side"
+    assert all(a["gpu"] != b["gpu"] for a, b in overlapping), overlapping
