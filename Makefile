@@ -238,6 +238,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/evaluate.py --data-root $(DATA_ROOT) --checkpoint $(TEACHER_CKPT)
 	$(PY) benchmarks/distill_throughput.py --profile $(PROFILE) --data-root $(DATA_ROOT)
 
+# On a CUDA device: teacher AMP vs fp32, distill step and evaluation ratios (runs/bench/gpu.json)
+.PHONY: bench-gpu
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu.py
+
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrlib.config import get_profile
+from attrlib.config import Profile, get_profile
 from attrlib.distill import CompressionObjective, kd_loss, matching_loss
 from attrlib.io import write_json_atomic
 from attrlib.models import ModelConfig, build_model, vgg16_bn_voc
@@ -146,21 +146,79 @@ def time_interleaved(
     """Wall and CPU seconds of `steps` steps per variant, one step of each per round.
 
     The order of the variants rotates by one every round, so that none always runs first or
-    right after the same other one; `warmup` untimed rounds come first.
+    right after the same other one; `warmup` untimed rounds come first. On CUDA each step is
+    bracketed by `torch.cuda.synchronize()`, so that its kernels are inside its time.
     """
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     names = list(runs)
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + steps):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            sync()
             t0, c0 = time.perf_counter(), time.process_time()
             train_step(*runs[name], images, labels)
+            sync()
             t1, c1 = time.perf_counter(), time.process_time()
             if r >= warmup:
                 wall[name].append(t1 - t0)
                 cpu[name].append(c1 - c0)
     return wall, cpu
+
+
+def measure(
+    prof: Profile, width_div: int | None, steps: int, warmup: int, device: str = "cpu"
+) -> dict:
+    """Seconds per step of every variant and their `RATIOS`, on `device`.
+
+    Teacher and students as the profile's (`width_div`: students' widths = teacher's / this,
+    None = the profile's first), 10 classes, a random batch of the profile's distillation
+    batch size; `steps` timed rounds after `warmup` (`time_interleaved`).
+    """
+    div = width_div if width_div is not None else prof.student_width_divs[0]
+    torch.manual_seed(0)
+    teacher = vgg16_bn_voc(prof.teacher_width_div, 10, prof.input_size).eval().to(device)
+    s_cfg = ModelConfig(tuple(w // div for w in teacher.config.widths), 10, prof.input_size)
+    batch = prof.distill.batch_size
+    images = torch.randn(batch, 3, prof.input_size, prof.input_size)  # (B, 3, H, W)
+    labels = (torch.rand(batch, 10) > 0.7).float()  # (B, K)
+    images, labels = images.to(device), labels.to(device)
+    lam = prof.matching_lambda
+    objectives: dict[str, Objective] = {
+        "kd": CompressionObjective(teacher, "none", lam),
+        "kd_swa_head_only": CompressionObjective(teacher, "swa", lam),
+        "kd_swa_authors": AuthorsSWAObjective(teacher, lam),
+    }
+    torch.manual_seed(1)
+    student = build_model(s_cfg).train().to(device)
+    runs = {}
+    for name, objective in objectives.items():
+        own = copy.deepcopy(student)
+        runs[name] = (own, torch.optim.SGD(own.parameters(), lr=1e-3, momentum=0.9), objective)
+    wall, cpu = time_interleaved(runs, images, labels, steps, warmup)
+    seconds = {name: statistics.median(times) for name, times in wall.items()}
+    seconds_cpu = {name: statistics.median(times) for name, times in cpu.items()}
+    result = {
+        "device": str(device),
+        "batch": batch,
+        "input_size": prof.input_size,
+        "width_div": div,
+        "teacher_widths": list(teacher.config.widths),
+        "student_widths": list(s_cfg.widths),
+        "torch_threads": torch.get_num_threads(),
+        "steps": steps,
+        "warmup": warmup,
+        "seconds_per_step": seconds,
+        "seconds_per_step_cpu": seconds_cpu,
+        "seconds_all": wall,
+    }
+    for key, (num, den) in RATIOS.items():
+        result[key] = seconds[num] / seconds[den]
+    result["ratio_cpu"] = {
+        key: seconds_cpu[num] / seconds_cpu[den] for key, (num, den) in RATIOS.items()
+    }
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -175,52 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    prof = get_profile(args.profile)
-    div = args.width_div if args.width_div is not None else prof.student_width_divs[0]
-    torch.manual_seed(0)
-    teacher = vgg16_bn_voc(prof.teacher_width_div, 10, prof.input_size).eval()
-    s_cfg = ModelConfig(tuple(w // div for w in teacher.config.widths), 10, prof.input_size)
-    batch = prof.distill.batch_size
-    images = torch.randn(batch, 3, prof.input_size, prof.input_size)  # (B, 3, H, W)
-    labels = (torch.rand(batch, 10) > 0.7).float()  # (B, K)
-    lam = prof.matching_lambda
-    objectives: dict[str, Objective] = {
-        "kd": CompressionObjective(teacher, "none", lam),
-        "kd_swa_head_only": CompressionObjective(teacher, "swa", lam),
-        "kd_swa_authors": AuthorsSWAObjective(teacher, lam),
-    }
-    torch.manual_seed(1)
-    student = build_model(s_cfg).train()
-    runs = {}
-    for name, objective in objectives.items():
-        own = copy.deepcopy(student)
-        runs[name] = (own, torch.optim.SGD(own.parameters(), lr=1e-3, momentum=0.9), objective)
-    wall, cpu = time_interleaved(runs, images, labels, args.steps, args.warmup)
-    seconds = {name: statistics.median(times) for name, times in wall.items()}
-    seconds_cpu = {name: statistics.median(times) for name, times in cpu.items()}
-    result = {
-        "profile": args.profile,
-        "batch": batch,
-        "input_size": prof.input_size,
-        "width_div": div,
-        "teacher_widths": list(teacher.config.widths),
-        "student_widths": list(s_cfg.widths),
-        "torch_threads": torch.get_num_threads(),
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "seconds_per_step": seconds,
-        "seconds_per_step_cpu": seconds_cpu,
-        "seconds_all": wall,
-    }
-    for key, (num, den) in RATIOS.items():
-        result[key] = seconds[num] / seconds[den]
-    result["ratio_cpu"] = {
-        key: seconds_cpu[num] / seconds_cpu[den] for key, (num, den) in RATIOS.items()
-    }
-    for name in objectives:
+    result = {"profile": args.profile}
+    result |= measure(get_profile(args.profile), args.width_div, args.steps, args.warmup)
+    for name in result["seconds_per_step"]:
         print(
-            f"{name:18s} {1000 * seconds[name]:8.1f} ms/step wall"
-            f" {1000 * seconds_cpu[name]:8.1f} ms/step cpu"
+            f"{name:18s} {1000 * result['seconds_per_step'][name]:8.1f} ms/step wall"
+            f" {1000 * result['seconds_per_step_cpu'][name]:8.1f} ms/step cpu"
         )
     for key in RATIOS:
         print(f"{key}: {result[key]:.2f} (cpu {result['ratio_cpu'][key]:.2f})")

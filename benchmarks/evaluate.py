@@ -158,6 +158,11 @@ def keep_output(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         kept.clear()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of `model`'s parameters: both paths run there, their images moved to it."""
+    return next(model.parameters()).device
+
+
 def one_hot(logits: torch.Tensor, target: int) -> torch.Tensor:
     """(1, K) start gradient of class `target`, their `grad_out`."""
     start = torch.zeros_like(logits)
@@ -167,7 +172,7 @@ def one_hot(logits: torch.Tensor, target: int) -> torch.Tensor:
 
 def to_input_size(layer_map: torch.Tensor, image: torch.Tensor) -> np.ndarray:
     """(1, h, w) map at the attribution layer -> (S, S) NumPy map, upsampled as `attribute` does."""
-    return upsample(layer_map.detach(), tuple(image.shape[-2:]))[0].numpy()
+    return upsample(layer_map.detach(), tuple(image.shape[-2:]))[0].cpu().numpy()
 
 
 @contextmanager
@@ -242,7 +247,9 @@ def authors_per_pair(model: nn.Module, method: str) -> Iterator[Explain]:
     def explain(image: torch.Tensor, targets: list[int]) -> tuple[torch.Tensor, list]:
         with torch.enable_grad():
             logits = model(image)  # (1, K), their loop's forward per image
-        maps = [attribute(model, image, torch.tensor([t]), method)[0].numpy() for t in targets]
+        maps = [
+            attribute(model, image, torch.tensor([t]), method)[0].cpu().numpy() for t in targets
+        ]
         return logits.detach()[0], maps
 
     yield explain
@@ -272,7 +279,7 @@ def authors_predict(model: nn.Module, dataset: Dataset, require_prediction: bool
     count = 0
     with eval_mode(model), parameters_require_grad(model):
         for image, labels, mask in DataLoader(dataset, batch_size=1):
-            logits = model(image)[0]  # (K,)
+            logits = model(image.to(model_device(model)))[0]  # (K,)
             segmentation = mask[0].numpy()  # (S, S)
             valid = segmentation != VOID
             for target in labels[0].nonzero().flatten().tolist():
@@ -297,9 +304,10 @@ def authors_maps(
         parameters_require_grad(model),
         authors_explainer(model, method) as explain,
     ):
+        device = model_device(model)
         for index, (image, labels, mask) in enumerate(DataLoader(dataset, batch_size=1)):
             targets = labels[0].nonzero().flatten().tolist()
-            logits, heatmaps = explain(image, targets)  # (K,), one (S, S) map per target
+            logits, heatmaps = explain(image.to(device), targets)  # (K,), a (S, S) map each
             segmentation = mask[0].numpy()  # (S, S) 0 background, k+1 class k, 255 void
             valid = segmentation != VOID  # (S, S)
             for target, heatmap in zip(targets, heatmaps, strict=True):
@@ -420,16 +428,18 @@ def batched_maps(
     per batch and method), so the maps are the ones it scores, bit for bit; were the mirror to
     drift, the same-map score check of `check_equal_scores` would fail.
     """
-    offset = 0
+    offset, device = 0, model_device(model)
     for images, labels, masks in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images, labels, masks = images.to(device), labels.to(device), masks.to(device)
         feature, logits = trunk_forward(model, images)  # (B, C, h, w), (B, K)
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)
-        segmentation = masks.numpy()  # (B, S, S)
+        segmentation = masks.cpu().numpy()  # (B, S, S)
         for method in methods if len(rows) else []:
             maps = attribute(model, images[rows], classes, method, feature=feature[rows])
             for p, (row, target) in enumerate(zip(rows.tolist(), classes.tolist(), strict=True)):
                 seg = segmentation[row]
-                yield offset + row, target, method, maps[p].numpy(), seg == target + 1, seg != VOID
+                heatmap = maps[p].cpu().numpy()  # (S, S)
+                yield offset + row, target, method, heatmap, seg == target + 1, seg != VOID
         offset += images.shape[0]
 
 
@@ -472,6 +482,7 @@ def check_equal_scores(
         data64,
         methods,
         batch_size=batch_size,
+        device=model_device(model64),
         progress=False,
         require_prediction=require_prediction,
     )
@@ -502,7 +513,8 @@ def timed(
 
     The runs alternate within each repeat, so a change of machine load hits all of them alike.
     CPU seconds (`time.process_time`) count this process only: with one thread they are the
-    steadier measure when another process shares the cores.
+    steadier measure when another process shares the cores. Every run ends in host values (a
+    table, a count), so on CUDA its time includes its kernels.
     """
     results = {name: run() for name, run in runs.items()}  # warm-up
     wall: dict[str, list[float]] = {name: [] for name in runs}
@@ -540,6 +552,93 @@ def beyond(seconds: float, prediction: float) -> float:
     return max(seconds - prediction, 1e-3)
 
 
+def measure(
+    model: nn.Module,
+    dataset: Dataset,
+    methods: Sequence[str],
+    batch_size: int,
+    repeats: int,
+    require_prediction: bool,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """The float64 check, then both paths timed on `device` (`timed`): the JSON's figures.
+
+    `model` is moved to `device` (a copy); the returned dict holds the check's differences,
+    seconds per run and every ratio of the module docstring.
+    """
+    model = copy.deepcopy(model).to(device).eval()
+    # correctness first: equal scores per pair and method, else no times are reported
+    check = check_equal_scores(model, dataset, methods, batch_size, require_prediction)
+
+    def authors(method: str | None) -> pd.DataFrame | None:
+        if method is None:  # the prediction pass alone: loading, forward, pair selection
+            authors_predict(model, dataset, require_prediction)
+            return None
+        return authors_localization(model, dataset, method, require_prediction)
+
+    def batched(methods: Sequence[str]) -> pd.DataFrame:
+        table, _ = localization_table(
+            model,
+            dataset,
+            methods,
+            batch_size=batch_size,
+            device=device,
+            progress=False,
+            require_prediction=require_prediction,
+        )
+        return table
+
+    runs = {"authors:predict": lambda: authors(None), "batched:predict": lambda: batched([])}
+    for method in methods:
+        runs[f"authors:{method}"] = lambda m=method: authors(m)
+        runs[f"batched:{method}"] = lambda m=method: batched([m])
+    runs["batched:total"] = lambda: batched(methods)
+    times = timed(runs, repeats)
+    wall = {name: t[0] for name, t in times.items()}
+    cpu = {name: t[1] for name, t in times.items()}
+    diff32 = {
+        m: compare_tables(times[f"authors:{m}"][2], times[f"batched:{m}"][2], tolerance=None)
+        for m in methods
+    }
+    pairs = {m: len(times[f"batched:{m}"][2]) for m in methods}
+
+    def ratios(seconds: dict[str, float]) -> dict[str, float]:
+        names = ["predict", *methods]
+        out = {m: seconds[f"authors:{m}"] / seconds[f"batched:{m}"] for m in names}
+        out["total"] = sum(seconds[f"authors:{m}"] for m in methods) / seconds["batched:total"]
+        return out
+
+    ratio_wall, ratio_cpu = ratios(wall), ratios(cpu)
+    ratio_beyond = {
+        m: beyond(wall[f"authors:{m}"], wall["authors:predict"])
+        / beyond(wall[f"batched:{m}"], wall["batched:predict"])
+        for m in methods
+    }
+    return {
+        "images": len(dataset),
+        "input_size": model.config.input_size,
+        "model_widths": list(model.config.widths),
+        "all_gt_pairs": not require_prediction,
+        "methods": list(methods),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "pairs": pairs,
+        "float64_check": {"tolerance": TOLERANCE, "map_tolerance": MAP_TOLERANCE, **check},
+        "float32_diffs": diff32,
+        "seconds_wall": wall,
+        "seconds_cpu": cpu,
+        "seconds_authors_total": sum(wall[f"authors:{m}"] for m in methods),
+        "seconds_batched_total": wall["batched:total"],
+        "ratio_per_method": {m: ratio_wall[m] for m in methods},
+        "ratio_total": ratio_wall["total"],
+        "ratio_gradcam_metrics": ratio_wall.get("gradcam"),
+        "ratio_beyond_prediction": ratio_beyond,
+        "ratio_cpu": ratio_cpu,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data/synthvoc-default/VOCdevkit/VOC2012")
@@ -571,83 +670,18 @@ def main() -> None:
     size = model.config.input_size
     dataset = first_images(VOCLocalization(args.data_root, "val", classes, size), args.images)
 
-    # correctness first: equal scores per pair and method, else no times are reported
-    check = check_equal_scores(model, dataset, args.methods, args.batch_size, require_prediction)
+    result = {"data_root": args.data_root, "checkpoint": args.checkpoint}
+    result |= measure(
+        model, dataset, args.methods, args.batch_size, args.repeats, require_prediction
+    )
+    check, wall, pairs = result["float64_check"], result["seconds_wall"], result["pairs"]
+    ratio_cpu, ratio_beyond = result["ratio_cpu"], result["ratio_beyond_prediction"]
     print(
         "float64 check passed: same pairs; maps equal to "
         f"{check['maps']['max_rel_diff']:.1g} (rel); same-map scores equal to "
         f"{check['same_maps']['auc_max']:.1g}; end to end max |diff| auc "
         f"{check['end_to_end']['auc_max']:.1g}, pointing {check['end_to_end']['pointing_max']:.1g}"
     )
-
-    def authors(method: str | None) -> pd.DataFrame | None:
-        if method is None:  # the prediction pass alone: loading, forward, pair selection
-            authors_predict(model, dataset, require_prediction)
-            return None
-        return authors_localization(model, dataset, method, require_prediction)
-
-    def batched(methods: Sequence[str]) -> pd.DataFrame:
-        table, _ = localization_table(
-            model,
-            dataset,
-            methods,
-            batch_size=args.batch_size,
-            progress=False,
-            require_prediction=require_prediction,
-        )
-        return table
-
-    runs = {"authors:predict": lambda: authors(None), "batched:predict": lambda: batched([])}
-    for method in args.methods:
-        runs[f"authors:{method}"] = lambda m=method: authors(m)
-        runs[f"batched:{method}"] = lambda m=method: batched([m])
-    runs["batched:total"] = lambda: batched(args.methods)
-    times = timed(runs, args.repeats)
-    wall = {name: t[0] for name, t in times.items()}
-    cpu = {name: t[1] for name, t in times.items()}
-    diff32 = {
-        m: compare_tables(times[f"authors:{m}"][2], times[f"batched:{m}"][2], tolerance=None)
-        for m in args.methods
-    }
-    pairs = {m: len(times[f"batched:{m}"][2]) for m in args.methods}
-
-    def ratios(seconds: dict[str, float]) -> dict[str, float]:
-        names = ["predict", *args.methods]
-        out = {m: seconds[f"authors:{m}"] / seconds[f"batched:{m}"] for m in names}
-        out["total"] = sum(seconds[f"authors:{m}"] for m in args.methods) / seconds["batched:total"]
-        return out
-
-    ratio_wall, ratio_cpu = ratios(wall), ratios(cpu)
-    ratio_beyond = {
-        m: beyond(wall[f"authors:{m}"], wall["authors:predict"])
-        / beyond(wall[f"batched:{m}"], wall["batched:predict"])
-        for m in args.methods
-    }
-    result = {
-        "data_root": args.data_root,
-        "checkpoint": args.checkpoint,
-        "images": len(dataset),
-        "input_size": size,
-        "model_widths": list(model.config.widths),
-        "all_gt_pairs": all_gt_pairs,
-        "methods": list(args.methods),
-        "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "pairs": pairs,
-        "float64_check": {"tolerance": TOLERANCE, "map_tolerance": MAP_TOLERANCE, **check},
-        "float32_diffs": diff32,
-        "seconds_wall": wall,
-        "seconds_cpu": cpu,
-        "seconds_authors_total": sum(wall[f"authors:{m}"] for m in args.methods),
-        "seconds_batched_total": wall["batched:total"],
-        "ratio_per_method": {m: ratio_wall[m] for m in args.methods},
-        "ratio_total": ratio_wall["total"],
-        "ratio_gradcam_metrics": ratio_wall.get("gradcam"),
-        "ratio_beyond_prediction": ratio_beyond,
-        "ratio_cpu": ratio_cpu,
-    }
     print(f"{'':8s} {'pairs':>5s} {'authors s':>10s} {'batched s':>10s} {'ratio':>6s} {'cpu':>6s}")
     for m in ["predict", *args.methods, "total"]:
         a = result["seconds_authors_total"] if m == "total" else wall[f"authors:{m}"]
