@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from attrlib.config import (
     DistillConfig,
-    EvalConfig,
     Profile,
     PruneIterativeConfig,
     PruneOneShotConfig,
@@ -80,7 +79,6 @@ for _stage in (
     ),
 ):
     STAGES.register(_stage.name)(_stage)
-EVALUATION = Stage(EvalConfig.stage, "05_evaluate", EvalConfig, "evaluate_checkpoint")
 
 
 @dataclass(frozen=True)
