@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch.distributed as dist
@@ -63,6 +64,10 @@ def _interrupted(out_dir) -> None:
     with pytest.raises(KeyboardInterrupt):
         _run(out_dir, on_epoch_end=stop)
     curves.close()
+    # TensorBoard reads a folder's event files in name order: time in whole seconds, host,
+    # pid, then a per-process counter that sorts as text (10 < 9). A real resume is a new
+    # process seconds later; a rerun in this process within the same second could sort first.
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
 
 
 def test_resumed_run_has_one_value_per_epoch(tmp_path, one_thread):
