@@ -26,6 +26,7 @@ from attrlib.data import (
     VOCLocalization,
     eval_transform,
     load_classes,
+    read_split,
 )
 from attrlib.distill import NO_MATCHING, CompressionObjective, target_key
 from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
@@ -84,12 +85,14 @@ def mask_samples(
     masks, labels)) from the first segmentation split listing any (train, then val), or None
     when the data set has no segmentation split (classification-only trees)."""
     for split in ("train", "val"):
-        listing = Path(data_root) / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if listing.is_file() and listing.read_text().split():
-            samples = VOCLocalization(data_root, split, classes, size=size)
-            items = [samples[i] for i in range(min(count, len(samples)))]
-            images, labels, masks = (torch.stack(t) for t in zip(*items, strict=True))
-            return split, (images, masks, labels)
+        try:
+            read_split(data_root, split, "Segmentation")
+        except (FileNotFoundError, ValueError):  # no such listing, or an empty one
+            continue
+        samples = VOCLocalization(data_root, split, classes, size=size)
+        items = [samples[i] for i in range(min(count, len(samples)))]
+        images, labels, masks = (torch.stack(t) for t in zip(*items, strict=True))
+        return split, (images, masks, labels)
     return None
 
 

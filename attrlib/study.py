@@ -135,15 +135,18 @@ def method_label(stage: str, config: dict) -> str:
     return f"{name} ({config['criterion']})" if config.get("criterion") else name
 
 
+def _labelled(stage: str) -> list[tuple[str, Method]]:
+    """(label in `stage`, method) of every registered method, in the registry's order."""
+    methods = [COMPRESSION.get(word) for word in COMPRESSION]
+    return [
+        (method_label(stage, {"matching": m.matching, "drop_fraction": float(m.stochastic)}), m)
+        for m in methods
+    ]
+
+
 def method_labels(stage: str) -> list[str]:
     """Every method's label in the stage, in table order (the registry's)."""
-    labels = []
-    for word in COMPRESSION:
-        m = COMPRESSION.get(word)
-        label = method_label(stage, {"matching": m.matching, "drop_fraction": float(m.stochastic)})
-        if label not in labels:
-            labels.append(label)
-    return labels
+    return list(dict.fromkeys(label for label, _ in _labelled(stage)))
 
 
 def colour(label: str) -> str | None:
@@ -151,11 +154,9 @@ def colour(label: str) -> str | None:
     if label == "teacher":
         return TEACHER_COLOUR
     for stage in STAGES:
-        for word in COMPRESSION:
-            m = COMPRESSION.get(word)
-            config = {"matching": m.matching, "drop_fraction": float(m.stochastic)}
-            if method_label(stage, config) == label:
-                return m.colour
+        for shown, method in _labelled(stage):
+            if shown == label:
+                return method.colour
     return None
 
 

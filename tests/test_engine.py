@@ -106,28 +106,37 @@ def test_every_epoch_of_fit_is_train_epoch_then_validate(tmp_path):
         assert torch.equal(v, last[k]), k
 
 
+def _history(metrics: dict) -> list[dict]:
+    """A run's per-epoch records without their wall times (the part seeds fix)."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["history"]]
+
+
+def _interrupt_after(last_epoch: int):
+    """An `on_epoch_end` that stops training once epoch `last_epoch` (0-based) is saved."""
+
+    def interrupt(epoch, record):
+        if epoch == last_epoch:
+            raise KeyboardInterrupt
+
+    return interrupt
+
+
 def test_same_seed_same_numbers(tmp_path):
     _, a = _run(tmp_path / "a")
     _, b = _run(tmp_path / "b")
     _, c = _run(tmp_path / "c", seed=1)
-    strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
-    assert strip(a) == strip(b)
-    assert strip(a) != strip(c)
+    assert _history(a) == _history(b)
+    assert _history(a) != _history(c)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
     full, full_metrics = _run(tmp_path / "full")
 
-    def interrupt(epoch, record):
-        if epoch == 0:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "cut", on_epoch_end=interrupt)
+        _run(tmp_path / "cut", on_epoch_end=_interrupt_after(0))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
     resumed, resumed_metrics = _run(tmp_path / "cut")
-    strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
-    assert strip(resumed_metrics) == strip(full_metrics)
+    assert _history(resumed_metrics) == _history(full_metrics)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
@@ -242,15 +251,10 @@ def test_corrupt_last_pt_of_an_unfinished_run_is_moved_aside_and_the_run_starts_
 ):
     _, full = _run(tmp_path / "full")
 
-    def interrupt(epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "cut", on_epoch_end=interrupt)
+        _run(tmp_path / "cut", on_epoch_end=_interrupt_after(1))
     _cut(tmp_path / "cut" / "last.pt")
     _, metrics = _run(tmp_path / "cut")
     assert "moved it to last.pt.corrupt; training starts from epoch 1" in capsys.readouterr().out
     assert (tmp_path / "cut" / "last.pt.corrupt").is_file()
-    strip = lambda m: [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]  # noqa: E731
-    assert strip(metrics) == strip(full)
+    assert _history(metrics) == _history(full)
