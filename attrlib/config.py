@@ -89,6 +89,9 @@ class Profile:
     distill_methods: tuple[str, ...] = ("kd", "ewa", "swa", "sswa")
     oneshot_methods: tuple[str, ...] = ("naive", "swa", "sswa")
     iterative_methods: tuple[str, ...] = ("naive", "swa", "sswa")
+    # Under `make NPROC=n` (GPUs only): batch norm over the global batch instead of each
+    # rank's shard. Off everywhere: not measured to train better on any profile yet.
+    sync_bn: bool = False
 
 
 PROFILES: dict[str, Profile] = {

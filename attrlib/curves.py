@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
+
+from attrlib.distributed import is_main
 
 # record keys "<group>_<name>" shown as "<group>/<name>"; other keys keep their name ("lr")
 GROUPS = ("train", "val")
@@ -28,10 +29,6 @@ def scalar_tag(key: str) -> str:
     """The TensorBoard tag of a record key: "train_kd" -> "train/kd", "lr" -> "lr"."""
     group, _, name = key.partition("_")
     return f"{group}/{name}" if group in GROUPS and name else key
-
-
-def _is_rank_zero() -> bool:
-    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 class EpochCurves:
@@ -46,7 +43,7 @@ class EpochCurves:
 
     def __call__(self, epoch: int, record: dict) -> None:
         """Log one epoch's `record` at step `record["epoch"]` (`epoch` is fit's 0-based one)."""
-        if not _is_rank_zero():
+        if not is_main():
             return
         step = int(record["epoch"])
         if self._writer is None:

@@ -290,8 +290,8 @@ class CompressionObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         warming = views is not None and views.epoch < self.warmup_epochs
         need_grad = self.matching != NO_MATCHING and not warming
-        s_feature = student.matching_feature(images, self.layer)  # (B, C_s, h, w)
-        s_logits = student.matching_head(s_feature, self.layer)  # (B, K)
+        # through forward: `student` may be a DistributedDataParallel replica
+        s_feature, s_logits = student(images, matching_layer=self.layer)  # (B,C_s,h,w), (B,K)
         if not self.kd:
             base = F.multilabel_soft_margin_loss(s_logits, labels)
             if not need_grad:  # plain fine-tuning: the reference plays no part, skip its forward

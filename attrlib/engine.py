@@ -9,6 +9,10 @@ together with resuming (`_reload_finished_`, `_resume_`) and saving (`_save_epoc
 Determinism: every epoch reseeds torch's global RNG (augmentation, dropout) and the data
 order from (seed, epoch), so a run resumed from `last.pt` ends with exactly the numbers of an
 uninterrupted run on the CPU.
+
+Under torchrun (attrlib.distributed) the model trains as a DistributedDataParallel replica per
+process: the ranks share each epoch's one-process order, every step's global batch is the
+recipe's, and rank 0 alone validates and writes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from attrlib import distributed
 from attrlib.config import Recipe
+from attrlib.distributed import Ranks, RngStreams
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
 from attrlib.masks import attach_masks_, has_masks
 from attrlib.models import VGGVOC, ModelConfig, build_model
@@ -111,18 +118,31 @@ def build_training(
 
 
 def epoch_loader(
-    train_set: Dataset, batch_size: int, seed: int, view_epoch: int | None, num_workers: int = 0
+    train_set: Dataset,
+    batch_size: int,
+    seed: int,
+    view_epoch: int | None,
+    num_workers: int = 0,
+    rank: Ranks | None = None,
 ) -> DataLoader:
     """One epoch's shuffled loader, its order drawn from `seed`.
 
     With `view_epoch` the set draws views (a `collate(epoch)` method, attrlib.views.TrainViews)
     and the batches are (views, labels, image indices) of that view epoch.
+    With several ranks, this rank's share of the one-process order (`batch_size` is the global
+    batch; each rank's is batch_size / world, see attrlib.distributed.shard_indices).
     """
     collate = None if view_epoch is None else train_set.collate(view_epoch)
+    sampler = None
+    if rank is not None and rank.world > 1:
+        order = distributed.epoch_order(len(train_set), seed)
+        sampler = distributed.shard_indices(order, rank)
+        batch_size = distributed.per_rank_batch(batch_size, rank.world)
     return DataLoader(
         train_set,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=False,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
@@ -152,45 +172,59 @@ def train_epoch(
     view_epoch: int | None = None,
     desc: str = "train",
     progress: bool = True,
+    streams: RngStreams | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` in train mode: an optimiser step and a schedule step per batch.
 
     Args:
+        model: the network, or its DistributedDataParallel replica (what `objective` calls).
         loader: batches (images (B,3,S,S), labels (B,K)) or, from a set that draws views,
             (views, labels, image indices (B,)) of `view_epoch` (see `epoch_loader`).
         view_epoch: passed to `objective` with the batch's indices as `ViewKeys`; None for a
             set without views.
+        streams: with n streams, each batch is n micro-batches (rows k, k + n, ...), micro-
+            batch k on stream k, their gradients averaged into one step, the batch norms'
+            running statistics from micro-batch 0: what n DDP ranks compute for this batch
+            (attrlib.distributed). None: the batch at once.
     Returns:
         {"loss": ..., **the objective's logged values}, each the mean over the epoch's images
-        (a batch counts by its size, so a short last batch weighs less).
+        of every rank (a batch counts by its size, so a short last batch weighs less).
     Raises:
         NonFiniteLossError at the first NaN or infinite loss, before it reaches the weights.
     """
     model.train()
     sums: dict[str, float] = {}
     count = 0
+    parts = 1 if streams is None else len(streams.states)
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for step, batch in enumerate(bar):
-        images, labels = batch[0], batch[1]
-        views = ViewKeys(view_epoch, batch[2]) if view_epoch is not None else None
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
-        with mixed_precision(device):
-            loss, logs = objective(model, images, labels, views)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(loss.item(), step + 1)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        for k in range(parts):
+            rows = slice(k, None, parts)
+            images, labels = batch[0][rows], batch[1][rows]
+            views = ViewKeys(view_epoch, batch[2][rows]) if view_epoch is not None else None
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)  # (b, 3, S, S)
+            rank_k = nullcontext() if streams is None else streams.stream(k)
+            others = nullcontext() if k == 0 else distributed.frozen_running_stats(model)
+            with rank_k, others:
+                with mixed_precision(device):
+                    loss, logs = objective(model, images, labels, views)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(loss.item(), step + 1)
+                scaler.scale(loss if parts == 1 else loss / parts).backward()
+            n = images.shape[0]
+            count += n
+            for name, value in {"loss": loss.detach(), **logs}.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        n = images.shape[0]
-        count += n
-        for name, value in {"loss": loss.detach(), **logs}.items():
-            sums[name] = sums.get(name, 0.0) + float(value) * n
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return {name: total / count for name, total in sums.items()}
+    totals = distributed.sum_over_ranks({**sums, "": count})
+    count = totals.pop("")
+    return {name: total / count for name, total in totals.items()}
 
 
 def validate(model: nn.Module, val_set: Dataset, device: torch.device) -> dict[str, float]:
@@ -357,6 +391,8 @@ def fit(
     progress: bool = True,
     view_offset: int = 0,
     stage: str = "",
+    sync_bn: bool = False,
+    micro_batches: int = 1,
 ) -> dict:
     """Train `model` in place with `objective`; checkpoints and history under `out_dir`.
 
@@ -371,10 +407,25 @@ def fit(
     (views, labels, image indices); epoch `e` of this fit reads view epoch `view_offset + e`
     (iterative pruning's iterations read successive view epochs).
 
+    Started by torchrun (attrlib.distributed.setup has formed the process group), every rank
+    calls `fit` alike: the model trains as a DistributedDataParallel replica on its shard of
+    each global batch (`sync_bn`: batch norms over the global batch, CUDA only), rank 0
+    validates, writes every file and tells the others the epoch's record; a resumed run
+    reads `last.pt` on every rank. `micro_batches=n` makes one process compute each step as
+    n ranks would (attrlib.distributed: the reference of the distributed tests).
+
     Returns the metrics dict (also in `metrics.json`).
     """
+    rank = distributed.ranks()
+    if micro_batches < 1 or (micro_batches > 1 and rank.world > 1):
+        raise ValueError(
+            f"micro_batches must be 1 in a run of {rank.world} processes and >= 1 in one "
+            f"process, got {micro_batches}"
+        )
+    distributed.per_rank_batch(recipe.batch_size, max(rank.world, micro_batches))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     stage_config = {**stage_config, "recipe": asdict(recipe)}
     stage_config = as_stored(stage_config)
 
@@ -396,56 +447,72 @@ def fit(
     write_json_atomic(
         out_dir / "config.json", {"stage": stage, **stage_config} if stage else stage_config
     )
-    for epoch in range(start_epoch, recipe.epochs):
-        torch.manual_seed(epoch_seed(seed, epoch))
-        view_epoch = view_offset + epoch if hasattr(train_set, "collate") else None
-        loader = epoch_loader(
-            train_set, recipe.batch_size, epoch_seed(seed, epoch), view_epoch, num_workers
-        )
-        t0 = time.perf_counter()
-        try:
-            logs = train_epoch(
-                model,
-                objective,
-                loader,
-                optimizer,
-                scheduler,
-                scaler,
-                device,
-                view_epoch=view_epoch,
-                desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                progress=progress,
+    with distributed.replica(model, device, sync_bn) as replica:
+        for epoch in range(start_epoch, recipe.epochs):
+            # rank r draws dropout from stream r of the epoch; rank 0's is the epoch's seed
+            torch.manual_seed(distributed.shard_seed(epoch_seed(seed, epoch), rank.rank))
+            streams = None
+            if micro_batches > 1:
+                streams = RngStreams(epoch_seed(seed, epoch), micro_batches, device)
+            view_epoch = view_offset + epoch if hasattr(train_set, "collate") else None
+            loader = epoch_loader(
+                train_set,
+                recipe.batch_size,
+                epoch_seed(seed, epoch),
+                view_epoch,
+                num_workers,
+                rank,
             )
-        except NonFiniteLossError as e:
-            raise FloatingPointError(
-                f"non-finite loss ({e.loss}) at epoch {epoch + 1}, step {e.step}; "
-                f"stopped, last good checkpoint kept at {out_dir / 'last.pt'}"
-            ) from None
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{name}": value for name, value in logs.items()})
-        record.update(validate(model, val_set, device))
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        print(
-            f"epoch {epoch + 1}/{recipe.epochs}  loss {record['train_loss']:.4f}  "
-            f"val mAP {record['val_map_class']:.4f}  ({record['seconds']:.1f}s)"
-        )
-        improved = record["val_map_class"] > best["val_map_class"]
-        if improved:
-            best = {"val_map_class": record["val_map_class"], "epoch": epoch + 1}
-        fields = {
-            "stage_config": stage_config,
-            "seed": seed,
-            "epoch": epoch,
-            "history": history,
-            "best": best,
-        }
-        _save_epoch(out_dir, model, classes, fields, improved, optimizer, scheduler, scaler)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
+            t0 = time.perf_counter()
+            try:
+                logs = train_epoch(
+                    replica,
+                    objective,
+                    loader,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    device,
+                    view_epoch=view_epoch,
+                    desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                    progress=progress and rank.is_main,
+                    streams=streams,
+                )
+            except NonFiniteLossError as e:
+                raise FloatingPointError(
+                    f"non-finite loss ({e.loss}) at epoch {epoch + 1}, step {e.step}; "
+                    f"stopped, last good checkpoint kept at {out_dir / 'last.pt'}"
+                ) from None
+            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            record.update({f"train_{name}": value for name, value in logs.items()})
+            if rank.is_main:  # rank 0's model is every rank's: DDP keeps replicas equal
+                record.update(validate(model, val_set, device))
+                record["seconds"] = time.perf_counter() - t0
+                print(
+                    f"epoch {epoch + 1}/{recipe.epochs}  loss {record['train_loss']:.4f}  "
+                    f"val mAP {record['val_map_class']:.4f}  ({record['seconds']:.1f}s)"
+                )
+            record = distributed.broadcast(record)
+            history.append(record)
+            improved = record["val_map_class"] > best["val_map_class"]
+            if improved:
+                best = {"val_map_class": record["val_map_class"], "epoch": epoch + 1}
+            fields = {
+                "stage_config": stage_config,
+                "seed": seed,
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "processes": rank.world,
+            }
+            if rank.is_main:
+                _save_epoch(out_dir, model, classes, fields, improved, optimizer, scheduler, scaler)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
 
     result = {"history": history, "best": best, "finished": True, "config": stage_config}
     write_json_atomic(out_dir / "metrics.json", result)
+    distributed.barrier()  # every rank reads the best.pt rank 0 wrote
     # Downstream stages use the best epoch, so the caller's model ends as best.pt too.
     best_path = out_dir / "best.pt"
     load_state_(model, load_checkpoint(best_path)["model_state"], str(best_path))
@@ -546,9 +613,13 @@ def _resume_checkpoint(path: Path) -> dict | None:
         return None
     try:
         return load_checkpoint(path)
+    except FileNotFoundError:  # another rank's rank 0 moved an unreadable one aside meanwhile
+        return None
     except CheckpointError as e:
         if e.reason != "unreadable":
             raise
+        if not distributed.is_main():  # rank 0 moves it; every rank starts over alike
+            return None
         aside = path.with_name(path.name + ".corrupt")
         path.replace(aside)
         print(f"{e}\n{path.parent}: moved it to {aside.name}; training starts from epoch 1")

@@ -10,10 +10,15 @@ top-15 % region ("is the attribution preserved?").
 All pairs of a batch are evaluated at once: one trunk forward per batch (its attribution
 feature gives the logits and feeds the methods that start at that layer), one `attribute` call
 per method and batch, and metrics computed for the whole batch on the device.
+
+Under torchrun (attrlib.distributed) the batches are dealt over the ranks (batch b to rank
+b mod n), each rank scores its batches exactly as one process would, and the ranks gather
+one table in the one-process order: the same table, row for row.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from attrlib import distributed
 from attrlib.attribution import METHODS, attribute
 from attrlib.cost import model_cost
 from attrlib.data import class_masks
@@ -129,7 +135,9 @@ def localization_table(
         require_prediction: score only pairs the model predicts (logit > 0), as the paper;
             False scores every scorable ground-truth pair (see `select_pairs`).
     Returns:
-        (table, counts) with counts of GT pairs, predicted pairs and unscorable pairs.
+        (table, counts) with counts of GT pairs, predicted pairs and unscorable pairs; in a
+        run of several processes every rank returns the whole table (see the module's
+        docstring).
     """
     methods = METHODS.names() if methods is None else list(methods)
     for name in methods:
@@ -139,10 +147,15 @@ def localization_table(
         reference = ReferenceMaps(reference)
     ids = getattr(dataset, "ids", None)
     counts = {"pairs_gt": 0, "pairs_predicted": 0, "pairs_scored": 0}
-    frames = []
-    offset = 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for images, labels, masks in tqdm(loader, desc="localization", disable=not progress):
+    frames = []  # (batch number, frame)
+    rank = distributed.ranks()
+    # this rank's batches, each the very batch one process would make
+    numbers = range(rank.rank, math.ceil(len(dataset) / batch_size), rank.world)
+    batches = [range(b * batch_size, min(len(dataset), (b + 1) * batch_size)) for b in numbers]
+    loader = DataLoader(dataset, batch_sampler=batches)
+    bar = tqdm(loader, desc="localization", disable=not (progress and rank.is_main))
+    for number, (images, labels, masks) in zip(numbers, bar, strict=True):
+        offset = number * batch_size
         images, labels, masks = images.to(device), labels.to(device), masks.to(device)
         feature, logits = trunk_forward(model, images)  # (B, C, h, w), (B, K)
         counts["pairs_gt"] += int((labels > 0).sum())
@@ -150,7 +163,6 @@ def localization_table(
         rows, classes = select_pairs(logits, labels, masks, require_prediction)  # (P,), (P,)
         counts["pairs_scored"] += len(rows)
         if len(rows) == 0:
-            offset += images.shape[0]
             continue
         target, valid = class_masks(masks[rows], classes)  # (P, S, S)
         pair_images, pair_feature = images[rows], feature[rows]  # (P, 3, S, S), (P, C, h, w)
@@ -169,8 +181,11 @@ def localization_table(
                 ref_maps = reference.get(name, image_keys, pair_images, classes)  # (P, S, S)
                 columns["cosine_teacher"] = map_cosine(maps, ref_maps).tolist()
                 columns["auc_teacher"] = agreement_auc(maps, ref_maps, AGREEMENT_TOP).tolist()
-            frames.append(pd.DataFrame(columns))
-        offset += images.shape[0]
+            frames.append((number, pd.DataFrame(columns)))
+    shares = distributed.gather((frames, counts))
+    counts = {name: sum(share[1][name] for share in shares) for name in counts}
+    # batch order, then method order within a batch: the one-process table
+    frames = [f for _, f in sorted((f for share in shares for f in share[0]), key=lambda f: f[0])]
     if not frames:  # nothing scorable (e.g. a model that predicts no ground-truth class)
         columns = ["image", "class", "method", "auc", "pointing"]
         columns += ["cosine_teacher", "auc_teacher"] if reference is not None else []

@@ -1,4 +1,8 @@
-"""Atomic writes: a crash mid-write never leaves a truncated checkpoint or result file."""
+"""Atomic writes: a crash mid-write never leaves a truncated checkpoint or result file.
+
+In a run of several processes (torchrun, attrlib.distributed) only rank 0 writes: on the
+other ranks every writer here returns the path without touching the disk.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ from typing import Any
 
 import torch
 
+from attrlib.distributed import is_main
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temp file in the same folder, fsync, then rename over `path`."""
+    """Write through a temp file in the same folder, fsync, then rename over `path`
+    (on rank 0 only, see the module's docstring)."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # a writer killed by SIGKILL never reaches its `finally`: sweep the temp files it left
     # for this target (one writer per target, so none of them is still being written)

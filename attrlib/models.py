@@ -132,8 +132,16 @@ class VGGVOC(nn.Module):
         pooled = self.features[-1](feature)  # (B, C, h/2, w/2)
         return self.classifier(torch.flatten(pooled, 1))  # (B, K)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(images))
+    def forward(
+        self, images: torch.Tensor, matching_layer: str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> logits (B, K); with `matching_layer`, (feature at that layer
+        (B, C, h, w), logits): one call, so a DistributedDataParallel replica sees the
+        whole forward of a matching objective."""
+        if matching_layer is None:
+            return self.head(self.forward_features(images))
+        feature = self.matching_feature(images, matching_layer)
+        return feature, self.matching_head(feature, matching_layer)
 
     def matching_feature(self, images: torch.Tensor, layer: str) -> torch.Tensor:
         """(B, 3, H, W) -> the feature maps are matched at (B, C, h, w), `layer` in

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from attrlib.data import MEAN, STD
+from attrlib.distributed import is_main
 from attrlib.io import write_atomic
 
 
@@ -69,8 +70,11 @@ def show_samples(
 
 
 def save_figure(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("png",)) -> None:
-    """Save a figure under `path` (suffix replaced per format)."""
+    """Save a figure under `path` (suffix replaced per format); in a run of several
+    processes only rank 0 saves it."""
     path = Path(path)
+    if not is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         fig.savefig(path.with_suffix(f".{fmt}"), dpi=150, bbox_inches="tight")

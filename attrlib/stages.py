@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from attrlib import distributed
 from attrlib.config import (
     DistillConfig,
     EvalConfig,
@@ -44,17 +45,10 @@ from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profi
 from attrlib.views import TrainViews, ViewSpec
 
 
-def single_process(out_dir: str | Path) -> None:
-    """Refuse to run a stage as one of several processes (torchrun, `make NPROC=n`).
-
-    The training loop and the evaluation do not split their work across processes yet, so
-    n ranks would each run the whole stage and write the same files."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise RuntimeError(
-            f"{out_dir}: started as one of {world} processes (WORLD_SIZE={world}), but the "
-            "stages do not split their work across processes yet; run without NPROC"
-        )
+def stage_device(device: str) -> torch.device:
+    """The device a stage runs on: `device` ("auto", "cpu", "cuda", ...) resolved, and under
+    torchrun (`make NPROC=n`) the process group joined and this rank's GPU chosen."""
+    return distributed.setup(resolve_device(device))
 
 
 def loader_workers(wanted: int) -> int:
@@ -118,7 +112,6 @@ def _fit_stage(
     its curves go to TensorBoard in `out_dir/tb/` (attrlib.curves)."""
     train, val, classes = data
     out_dir = Path(out_dir or cfg.out_dir)
-    single_process(out_dir)
     with EpochCurves(out_dir) as curves:
         return fit(
             model,
@@ -129,13 +122,14 @@ def _fit_stage(
             out_dir=out_dir,
             classes=classes,
             seed=cfg.seed if seed is None else seed,
-            device=resolve_device(cfg.device),
+            device=stage_device(cfg.device),
             stage_config=stage_config or cfg.to_dict(),
             num_workers=loader_workers(get_profile(cfg.profile).num_workers),
             on_epoch_end=curves,
             progress=progress,
             view_offset=view_offset,
             stage=cfg.stage,
+            sync_bn=get_profile(cfg.profile).sync_bn,
         )
 
 
@@ -152,7 +146,7 @@ def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
 
 def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
     """Distil a student (KD, optionally + EWA / SWA / stochastic SWA matching)."""
-    teacher, classes = load_reference(cfg.teacher, cfg.data_root, resolve_device(cfg.device))
+    teacher, classes = load_reference(cfg.teacher, cfg.data_root, stage_device(cfg.device))
     t_cfg = teacher.config
     if t_cfg.input_size != get_profile(cfg.profile).input_size:
         raise ValueError(
@@ -193,7 +187,7 @@ def _targets(cfg, train: TrainViews, epochs: int) -> TeacherTargets | None:
 
 def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
     """(network to prune, CE + matching objective against the reference, datasets)."""
-    device = resolve_device(cfg.device)
+    device = stage_device(cfg.device)
     model, classes = load_reference(cfg.model, cfg.data_root, device)
     # a copy of its own: iterative pruning masks `model` in place, the reference stays intact
     reference = load_reference(cfg.teacher, cfg.data_root, device)[0]
@@ -277,7 +271,6 @@ def evaluate_checkpoint(
     between the checkpoints of one evaluation (it must come from `cfg.teacher`).
     """
     out_dir = Path(cfg.out_dir)
-    single_process(out_dir)
     summary_path = out_dir / "eval.json"
     config = as_stored(cfg.to_dict())
     if summary_path.exists():
@@ -290,7 +283,7 @@ def evaluate_checkpoint(
                 "pass overwrite=True to replace it"
             )
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = stage_device(cfg.device)
     model, classes = load_reference(cfg.checkpoint, cfg.data_root, device)
     if reference is not None and reference.source != cfg.teacher:
         raise ValueError(
@@ -309,6 +302,7 @@ def evaluate_checkpoint(
     summary = {"checkpoint": cfg.checkpoint, "teacher": cfg.teacher, **summary, "config": config}
     write_text_atomic(out_dir / "eval_pairs.csv", table.to_csv(index=False))
     write_json_atomic(summary_path, summary)
+    distributed.barrier()  # rank 0 has written both files before any rank reads them
     return summary
 
 

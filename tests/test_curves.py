@@ -97,6 +97,7 @@ def test_finished_run_reloaded_writes_no_events(tmp_path, one_thread):
 def test_other_ranks_log_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
     with EpochCurves(tmp_path) as curves:
         curves(0, {"epoch": 1, "lr": 0.25, "train_loss": 0.5})

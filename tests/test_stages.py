@@ -124,10 +124,8 @@ def test_mask_samples_take_what_exists(synth_root, tiny_voc_tree):
     assert stages.mask_samples(str(root), classes) is None
 
 
-def test_stages_refuse_to_run_as_several_processes(monkeypatch, tmp_path):
-    """Until the loop splits work across ranks, n ranks would each write the same run."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="one of 2 processes .*run without NPROC"):
-        stages.single_process(tmp_path)
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    stages.single_process(tmp_path)
+def test_stage_device_outside_torchrun_joins_no_group():
+    import torch.distributed as dist
+
+    assert stages.stage_device("cpu") == torch.device("cpu")
+    assert not dist.is_initialized()
