@@ -35,14 +35,18 @@ def watch_writes(root: Path, touched: list[str]) -> None:
         if event == "open":
             path, mode, flags = args
             writes = any(c in mode for c in "wax+") if mode else bool(flags & WRITE_FLAGS)
+            paths = [path] if writes else []
+        elif event == "os.rename":  # os.rename and os.replace: both ends
+            paths = list(args[:2])
         elif event in CHANGES:
-            path, writes = args[0], True
+            paths = [args[0]]
         else:
             return
-        if writes and isinstance(path, (str, os.PathLike)):
-            resolved = Path(os.fsdecode(path)).resolve()
-            if resolved.is_relative_to(root):
-                touched.append(str(resolved.relative_to(root)))
+        for path in paths:
+            if isinstance(path, (str, bytes, os.PathLike)):
+                resolved = Path(os.fsdecode(path)).resolve()
+                if resolved.is_relative_to(root):
+                    touched.append(str(resolved.relative_to(root)))
 
     sys.addaudithook(hook)
 
