@@ -7,8 +7,8 @@
 # SEEDS: seeds of every compression setting (default profile 0 1 2, smoke and voc 0;
 # DISTILL_SEEDS, PRUNE_SEEDS: one stage's); JOBS=n runs n grid runs at a time.
 # Scaling out: GPUS="0 1 2 3" gives each grid run a GPU of its own (JOBS defaults to their
-# number); LAUNCH="srun ..." starts each run through a cluster launcher; NPROC=n starts each
-# stage under torchrun (not yet usable, see below). README, "Scaling out".
+# number); LAUNCH="srun ..." starts each run through a cluster launcher; NPROC=n trains and
+# evaluates each run on n DDP processes under torchrun. README, "Scaling out".
 # Wall time per stage: runs/<profile>/timings.csv; `make results` copies the tables into docs/.
 
 PROFILE ?= default
@@ -60,8 +60,8 @@ stage_of = $(firstword $(subst /, ,$(patsubst $(RUNS)/%,%,$(1))))
 # - NPROC=n: the training stages and the evaluation run the notebook runner under
 #   `torchrun --standalone --nproc_per_node=n`: n ranks, each a runner with its own kernel
 #   executing the whole notebook (the kernel inherits RANK, WORLD_SIZE, LOCAL_RANK,
-#   MASTER_ADDR, MASTER_PORT from its runner). Not yet usable: the stages do not split their
-#   work across ranks yet and stop when WORLD_SIZE > 1 (attrlib.stages.single_process).
+#   MASTER_ADDR, MASTER_PORT from its runner); the stage joins them into one DDP run
+#   (attrlib.distributed): rank 0 alone validates and writes.
 #   With --rank-output only rank 0 writes the .partial- file; the other ranks write a hidden
 #   .rank<k>- copy beside it and delete it (attrlib/nbrun.py). The recipe moves rank 0's into
 #   place only when torchrun, so every rank, succeeded. The paper runs once, without torchrun.

@@ -19,11 +19,10 @@ Parameter values are read like papermill's `-p` (True/False/None, int, float, el
 Under `torchrun --nproc_per_node=N -m attrlib.nbrun --rank-output NB OUT ...` each of the N
 ranks is one runner with its own kernel executing the whole notebook; the kernel inherits
 the runner's environment (jupyter_client starts it with a copy of os.environ), so the
-notebook's training loop sees torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT (the stages still refuse WORLD_SIZE > 1: their loop does not split the work
-across ranks yet, attrlib.stages.single_process). Only rank 0 writes OUT; every other rank executes into a hidden file beside it
-that is deleted afterwards. torchrun fails if any rank fails, so OUT is kept only when all
-finished.
+notebook's stage sees torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT
+and joins the other ranks' kernels in one process group (attrlib.distributed). Only rank 0
+writes OUT; every other rank executes into a hidden file beside it that is deleted
+afterwards. torchrun fails if any rank fails, so OUT is kept only when all finished.
 """
 
 from __future__ import annotations

@@ -15,8 +15,13 @@ Three figures, each a ratio within this one process, on the first CUDA device:
    size, every ground-truth pair scored); data: `--data-root`, else `--images` synthetic
    validation images generated in a temporary folder.
 
+From these it estimates the device-hours of each stage of the profile's `make all`
+(`stage_hours`, VOC2012's split sizes), when the teacher figure was measured on the profile's
+own teacher (width and input size).
+
     python benchmarks/gpu.py [--profile voc] [--batch 64] [--steps 10] [--warmup 3]
         [--images 64] [--data-root ...] [--checkpoint ...] [--out runs/bench/gpu.json]
+        [--device cpu]
 
 Prints one summary line per figure and writes `--out` with the device name, torch version,
 date, commit and every figure's full result. Without a CUDA device it says so, measures
@@ -40,8 +45,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from attrlib import study
 from attrlib.attribution import METHODS
-from attrlib.config import get_profile
+from attrlib.config import Profile, get_profile
 from attrlib.data import VOCLocalization, load_classes
 from attrlib.engine import multilabel_objective
 from attrlib.io import write_json_atomic
@@ -56,6 +62,8 @@ NO_CUDA = (
 EVAL_GOAL = 20.0  # batched evaluation over the authors' per-pair loop, on a GPU
 SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16"}
 SYNTH_IMAGE_SIZE = 128  # px of generated validation images (resized to the model's input)
+VOC_TRAIN_IMAGES = 5717  # VOC2012 classification train split: one training epoch
+VOC_EVAL_IMAGES = 1449  # VOC2012 segmentation val split: the localization evaluation
 
 
 def sibling(filename: str) -> ModuleType:
@@ -167,6 +175,61 @@ def evaluation_ratio(
     return result
 
 
+def stage_hours(
+    result: dict,
+    prof: Profile,
+    train_images: int = VOC_TRAIN_IMAGES,
+    eval_images: int = VOC_EVAL_IMAGES,
+) -> dict[str, float]:
+    """Estimated device-hours per stage of the profile's `make all`, from measured figures.
+
+    Training steps and the evaluation only (validation passes and data loading are left
+    out), one device per run:
+    - teacher, both prunings: the teacher's mixed-precision training images/s. A pruning
+      run's network is at most the teacher; its matching adds the frozen reference's pass,
+      which this leaves out.
+    - distillation: the head-only KD+SWA step of the profile's first student width, for
+      every run of the grid (narrower students step faster).
+    - evaluation: the batched evaluation's seconds per image, for the teacher and every
+      grid run's checkpoint (every iteration of iterative pruning).
+    """
+    g = study.grid(prof.name)
+    seeds = len(g.seeds)
+    teacher_s = 1.0 / result["teacher_train"]["images_per_s"]["amp_channels_last"]
+    step = result["distill_step"]
+    distill_s = step["seconds_per_step"]["kd_swa_head_only"] / step["batch"]
+    loc = result["evaluate"]
+    eval_s = loc["seconds_batched_total"] / loc["images"]
+    runs = {
+        "distill": len(g.widths) * len(g.distill) * seeds,
+        "prune_oneshot": len(g.rates) * len(g.oneshot) * seeds,
+        "prune_iterative": len(g.iterative) * seeds * prof.iterative_steps,  # fine-tunes
+    }
+    seconds = {
+        "teacher": prof.teacher.epochs * train_images * teacher_s,
+        "distill": runs["distill"] * prof.distill.epochs * train_images * distill_s,
+        "prune_oneshot": runs["prune_oneshot"]
+        * prof.prune_oneshot.epochs
+        * train_images
+        * teacher_s,
+        "prune_iterative": runs["prune_iterative"]
+        * prof.prune_iterative.epochs
+        * train_images
+        * teacher_s,
+        "evaluate": (1 + sum(runs.values())) * eval_images * eval_s,
+    }
+    return {stage: s / 3600 for stage, s in seconds.items()}
+
+
+def teacher_matches(result: dict, prof: Profile) -> bool:
+    """Whether the teacher figure was measured on the profile's own teacher."""
+    teacher = result["teacher_train"]
+    return (teacher["width_div"], teacher["input_size"]) == (
+        prof.teacher_width_div,
+        prof.input_size,
+    )
+
+
 def git_commit() -> str | None:
     """HEAD of the repository this file is in, or None outside git."""
     try:
@@ -191,6 +254,16 @@ def summary_lines(result: dict) -> list[str]:
     speedup = step["speedup_head_only_vs_authors"]
     goal = "met" if loc["ratio_total"] >= EVAL_GOAL else "NOT met"
     methods = ", ".join(f"{m} {r:.1f}x" for m, r in loc["ratio_per_method"].items())
+    hours = result.get("stage_hours")
+    estimate = (
+        [
+            f"estimated {result['profile']} device-hours (training steps and evaluation): "
+            + ", ".join(f"{stage} {h:.1f}" for stage, h in hours.items())
+            + f"; total {sum(hours.values()):.1f}"
+        ]
+        if hours
+        else []
+    )
     return [
         f"teacher train {teacher['input_size']} px: {ips['amp_channels_last']:.0f} img/s"
         f" {amp}+CL vs {ips['fp32']:.0f} img/s fp32"
@@ -201,6 +274,7 @@ def summary_lines(result: dict) -> list[str]:
         f"localization evaluation ({loc['images']} images, {sum(loc['pairs'].values())} pairs,"
         f" {loc['input_size']} px): batched vs authors' per-pair loop {loc['ratio_total']:.1f}x"
         f" (goal >= {EVAL_GOAL:.0f}x {goal}; {methods})",
+        *estimate,
     ]
 
 
@@ -230,6 +304,8 @@ def run(args: argparse.Namespace, device: torch.device | str) -> dict:
         args.data_root,
         args.checkpoint,
     )
+    if teacher_matches(result, prof):
+        result["stage_hours"] = stage_hours(result, prof)
     for line in summary_lines(result):
         print(line)
     write_json_atomic(Path(args.out), result)
@@ -250,6 +326,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", default="", help="VOC2012 folder; default: synthetic")
     parser.add_argument("--checkpoint", default="", help="evaluated model; default: random")
     parser.add_argument("--out", default="runs/bench/gpu.json")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (default), or cpu to measure this CPU instead"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.images < 1 or args.repeats < 1:
         parser.error("--steps, --images, --repeats must be >= 1 and --warmup >= 0")
@@ -258,10 +337,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA)
         return 0
-    run(args, "cuda")
+    run(args, args.device)
     return 0
 
 

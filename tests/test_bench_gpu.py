@@ -67,7 +67,16 @@ def test_cuda_path_on_cpu_prints_each_figure_and_writes_json(tmp_path: Path, cap
     result = bench.run(bench.parse_args([*TINY, "--out", str(out)]), "cpu")
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == bench.summary_lines(result)
-    assert [line.split(" ")[0] for line in lines] == ["teacher", "distill", "localization"]
+    first_words = ["teacher", "distill", "localization", "estimated"]
+    assert [line.split(" ")[0] for line in lines] == first_words
+    assert lines[3].startswith("estimated smoke device-hours")  # the smoke teacher was measured
+    assert set(result["stage_hours"]) == {
+        "teacher",
+        "distill",
+        "prune_oneshot",
+        "prune_iterative",
+        "evaluate",
+    }
     assert "fp32+CL vs" in lines[0]  # no autocast on the CPU
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
@@ -78,3 +87,29 @@ def test_cuda_path_on_cpu_prints_each_figure_and_writes_json(tmp_path: Path, cap
     assert written["evaluate"]["device"] == "cpu" and written["evaluate"]["ratio_total"] > 0
     assert written["evaluate"]["images"] == 6 and sum(written["evaluate"]["pairs"].values()) > 0
     assert written["teacher_train"]["input_size"] == 32
+
+
+def test_stage_hours_count_every_run_of_the_grid() -> None:
+    """smoke: teacher 2 epochs; 2 students x 1 epoch; 2 one-shot x 1; 2 x 2 iterations x 1."""
+    prof = bench.get_profile("smoke")
+    result = {
+        "teacher_train": {"images_per_s": {"amp_channels_last": 100.0}},
+        "distill_step": {"seconds_per_step": {"kd_swa_head_only": 0.5}, "batch": 10},
+        "evaluate": {"seconds_batched_total": 2.0, "images": 4},
+    }
+    hours = bench.stage_hours(result, prof, train_images=3600, eval_images=7200)
+    assert hours == pytest.approx(
+        {
+            "teacher": 2 * 3600 / 100 / 3600,
+            "distill": 2 * 1 * 3600 * 0.05 / 3600,
+            "prune_oneshot": 2 * 1 * 3600 / 100 / 3600,
+            "prune_iterative": 2 * 2 * 1 * 3600 / 100 / 3600,
+            "evaluate": (1 + 2 + 2 + 4) * 7200 * 0.5 / 3600,
+        }
+    )
+
+
+def test_no_estimate_when_the_teacher_measured_is_not_the_profiles() -> None:
+    prof = bench.get_profile("voc")
+    assert bench.teacher_matches({"teacher_train": {"width_div": 1, "input_size": 227}}, prof)
+    assert not bench.teacher_matches({"teacher_train": {"width_div": 16, "input_size": 32}}, prof)
