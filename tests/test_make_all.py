@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import smoke_make
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,4 +49,32 @@ def test_make_all_smoke_builds_every_artefact(smoke_study):
 
     # a second `make all` has nothing left to do
     again = subprocess.run(make + ["-q"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, "make -q: some target is out of date after a full run"
+
+
+@pytest.mark.slow
+def test_make_all_smoke_on_two_processes_per_run(smoke_study, tmp_path):
+    """`make all NPROC=2`: every training stage and the evaluation as 2-rank DDP runs under
+    torchrun (gloo here), the paper from their results; the same runs as one process."""
+    import torch
+
+    runs = tmp_path / "runs"
+    command = smoke_make(runs, smoke_study.data, "NPROC=2")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "torchrun --standalone --nproc_per_node=2" in done.stdout
+
+    ours = pd.read_csv(runs / "paper" / "all_runs.csv")
+    single = pd.read_csv(smoke_study.runs / "paper" / "all_runs.csv")
+    assert sorted(ours["run"]) == sorted(single["run"])
+    trained = sorted(runs.glob("**/last.pt"))
+    assert len(trained) == 1 + 2 + 2 + 2 * 2  # teacher, students, one-shot, iterations
+    for last in trained:
+        assert torch.load(last, weights_only=True)["processes"] == 2, last
+    # only rank 0's executed notebooks, and nothing half-written
+    leftovers = [p for p in runs.rglob(".*") if p.name.startswith((".rank", ".partial-"))]
+    assert not leftovers, leftovers
+    notebooks = sorted(p.name for p in runs.rglob("*.ipynb"))
+    assert notebooks.count("02_distill.ipynb") == 2 and "05_evaluate.ipynb" in notebooks
+    again = subprocess.run([*command, "-q"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, "make -q: some target is out of date after a full run"
