@@ -5,6 +5,7 @@
 
 SPEC (JSON): "stage" (teacher, distill or evaluate), "config" (the stage config's fields),
 and optionally "micro_batches" (one process computing each step as that many ranks),
+"sync_bn" (the profile's batch norms synchronised across ranks, CUDA only),
 "stop_after" (every rank ends at once, as if killed, after that epoch is saved) and "audit"
 (a folder: each rank lists in audit/rank<r>.json every file it created, wrote, renamed or
 removed below the config's out_dir).
@@ -12,6 +13,7 @@ removed below the config's out_dir).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from attrlib import distributed, engine, stages
+from attrlib import config, distributed, engine, stages
 from attrlib.config import DistillConfig, EvalConfig, TeacherConfig
 
 CONFIGS = {"teacher": TeacherConfig, "distill": DistillConfig, "evaluate": EvalConfig}
@@ -54,6 +56,9 @@ def watch_writes(root: Path, touched: list[str]) -> None:
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(1)  # two ranks on two cores
+    if spec.get("sync_bn"):
+        name = spec["config"]["profile"]
+        config.PROFILES[name] = dataclasses.replace(config.PROFILES[name], sync_bn=True)
     cfg = CONFIGS[spec["stage"]](**spec["config"])
     touched: list[str] = []
     if spec.get("audit"):

@@ -181,6 +181,33 @@ def test_sharded_evaluation_equals_the_one_process_table(teachers, work, synth_r
     assert json.loads((work / "audit-eval-ddp" / "rank1.json").read_text()) == []
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_ddp_on_two_gpus(work, synth_root, sync_bn):
+    """NCCL, one GPU per rank: the run finishes, rank 1 writes nothing; without sync_bn it
+    matches one GPU computing the two ranks' shards (cuDNN picks its own kernels per batch
+    size, so to 1e-3 rather than float rounding)."""
+    name = f"gpu-{'sync' if sync_bn else 'plain'}"
+    fields = config(synth_root, work / name, device="cuda")
+    audit = str(work / f"audit-{name}")
+    ok(
+        run(
+            work,
+            name,
+            {"stage": "teacher", "config": fields, "sync_bn": sync_bn, "audit": audit},
+            2,
+        )
+    )
+    assert json.loads((work / f"audit-{name}" / "rank1.json").read_text()) == []
+    assert torch.load(work / name / "last.pt", weights_only=True)["processes"] == 2
+    if not sync_bn:
+        one = work / f"{name}-one"
+        spec = {"stage": "teacher", "config": {**fields, "out_dir": str(one)}, "micro_batches": 2}
+        ok(run(work, f"{name}-one", spec))
+        for a, b in zip(history(work / name), history(one), strict=True):
+            assert a == pytest.approx(b, rel=1e-3)
+
+
 # ----------------------------------------------------------------------------- in-process
 
 
