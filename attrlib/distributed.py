@@ -20,6 +20,7 @@ Every file is written by rank 0 alone (attrlib.io and plots.save_figure skip the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,10 +49,15 @@ def active() -> bool:
 
 
 def ranks() -> Ranks:
-    """This process's rank and the number of processes (0 of 1 outside a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return Ranks()
-    return Ranks(dist.get_rank(), dist.get_world_size())
+    """This process's rank and the number of processes: the process group's, else the ones
+    torchrun gave this process (a notebook may write before its stage forms the group),
+    else 0 of 1."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    if dist.is_available() and dist.is_torchelastic_launched():
+        # torchrun's own protocol, read as init_process_group will read it
+        return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    return Ranks()
 
 
 def is_main() -> bool:

@@ -325,6 +325,24 @@ def test_outside_a_group_every_process_is_rank_zero_and_writes(tmp_path):
     assert (tmp_path / "f.txt").read_text() == "x"
 
 
+def test_a_torchrun_rank_knows_its_rank_before_the_group_forms(monkeypatch, tmp_path):
+    """Notebook 01 saves its sample grid before the stage joins the group: rank 1 must not."""
+    from attrlib.plots import save_figure
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.ranks() == Ranks(1, 2) and not distributed.is_main()
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    save_figure(fig, tmp_path / "samples.png")
+    plt.close(fig)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.is_main()
+
+
 def test_other_ranks_write_nothing(tmp_path, monkeypatch):
     from attrlib.io import save_torch_atomic, write_json_atomic
 
