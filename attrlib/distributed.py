@@ -14,12 +14,17 @@ global batch's, on GPUs), and each rank draws dropout from its own random stream
 (`shard_seed`). A single process reproduces both with `micro_batches=n` in `engine.fit`,
 which is what tests/test_distributed.py compares a DDP run with.
 
+Prediction (validation, evaluation) and the localization evaluation deal a data set's
+batches over the ranks (`shard_batches`) and gather the results in batch order, so they
+equal the one-process results item for item; every rank must take part.
+
 Every file is written by rank 0 alone (attrlib.io and plots.save_figure skip the others);
 `barrier` makes the other ranks wait before they read what rank 0 wrote.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -116,6 +121,29 @@ def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
         total = total.cuda()
     dist.all_reduce(total)
     return dict(zip(names, total.cpu().tolist(), strict=True))
+
+
+def shard_batches(size: int, batch_size: int, rank: Ranks) -> tuple[range, list[range]]:
+    """This rank's share of a `size`-item data set read in order by `batch_size`: batch
+    numbers rank, rank + world, ... and each one's items, the very batches one process reads
+    (so every item's result is the one-process result)."""
+    numbers = range(rank.rank, math.ceil(size / batch_size), rank.world)
+    return numbers, [range(b * batch_size, min(size, (b + 1) * batch_size)) for b in numbers]
+
+
+def gather_batches(results: Sequence[tuple[int, object]]) -> list:
+    """Every rank's (batch number, result) pairs of `shard_batches`, as results in batch
+    order, on every rank."""
+    pairs = [pair for share in gather(list(results)) for pair in share]
+    return [result for _, result in sorted(pairs, key=lambda pair: pair[0])]
+
+
+def broadcast_buffers_(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics): DDP broadcasts them at each
+    forward, but after the last training step each rank has updated its own."""
+    if active():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 # ----------------------------------------------------------------------------- training

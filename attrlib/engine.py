@@ -12,7 +12,7 @@ uninterrupted run on the CPU.
 
 Under torchrun (attrlib.distributed) the model trains as a DistributedDataParallel replica per
 process: the ranks share each epoch's one-process order, every step's global batch is the
-recipe's, and rank 0 alone validates and writes.
+recipe's, the ranks validate a share each, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -409,9 +409,10 @@ def fit(
 
     Started by torchrun (attrlib.distributed.setup has formed the process group), every rank
     calls `fit` alike: the model trains as a DistributedDataParallel replica on its shard of
-    each global batch (`sync_bn`: batch norms over the global batch, CUDA only), rank 0
-    validates, writes every file and tells the others the epoch's record; a resumed run
-    reads `last.pt` on every rank. `micro_batches=n` makes one process compute each step as
+    each global batch (`sync_bn`: batch norms over the global batch, CUDA only); every rank
+    validates its share of the validation batches with rank 0's batch-norm statistics, rank 0
+    writes every file and tells the others the epoch's record; a resumed run reads `last.pt`
+    on every rank. `micro_batches=n` makes one process compute each step as
     n ranks would (attrlib.distributed: the reference of the distributed tests).
 
     Returns the metrics dict (also in `metrics.json`).
@@ -485,8 +486,11 @@ def fit(
                 ) from None
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             record.update({f"train_{name}": value for name, value in logs.items()})
-            if rank.is_main:  # rank 0's model is every rank's: DDP keeps replicas equal
-                record.update(validate(model, val_set, device))
+            # every rank validates its share with rank 0's model (DDP keeps the weights
+            # equal; the batch-norm statistics are rank 0's once broadcast)
+            distributed.broadcast_buffers_(model)
+            record.update(validate(model, val_set, device))
+            if rank.is_main:
                 record["seconds"] = time.perf_counter() - t0
                 print(
                     f"epoch {epoch + 1}/{recipe.epochs}  loss {record['train_loss']:.4f}  "

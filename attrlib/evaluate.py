@@ -18,7 +18,6 @@ one table in the one-process order: the same table, row for row.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,9 +148,7 @@ def localization_table(
     counts = {"pairs_gt": 0, "pairs_predicted": 0, "pairs_scored": 0}
     frames = []  # (batch number, frame)
     rank = distributed.ranks()
-    # this rank's batches, each the very batch one process would make
-    numbers = range(rank.rank, math.ceil(len(dataset) / batch_size), rank.world)
-    batches = [range(b * batch_size, min(len(dataset), (b + 1) * batch_size)) for b in numbers]
+    numbers, batches = distributed.shard_batches(len(dataset), batch_size, rank)
     loader = DataLoader(dataset, batch_sampler=batches)
     bar = tqdm(loader, desc="localization", disable=not (progress and rank.is_main))
     for number, (images, labels, masks) in zip(numbers, bar, strict=True):
@@ -182,10 +179,9 @@ def localization_table(
                 columns["cosine_teacher"] = map_cosine(maps, ref_maps).tolist()
                 columns["auc_teacher"] = agreement_auc(maps, ref_maps, AGREEMENT_TOP).tolist()
             frames.append((number, pd.DataFrame(columns)))
-    shares = distributed.gather((frames, counts))
-    counts = {name: sum(share[1][name] for share in shares) for name in counts}
+    counts = {name: sum(c[name] for c in distributed.gather(counts)) for name in counts}
     # batch order, then method order within a batch: the one-process table
-    frames = [f for _, f in sorted((f for share in shares for f in share[0]), key=lambda f: f[0])]
+    frames = distributed.gather_batches(frames)
     if not frames:  # nothing scorable (e.g. a model that predicts no ground-truth class)
         columns = ["image", "class", "method", "auc", "pointing"]
         columns += ["cosine_teacher", "auc_teacher"] if reference is not None else []

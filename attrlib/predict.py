@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from attrlib.distributed import gather_batches, ranks, shard_batches
 from attrlib.metrics import f1_score, mean_average_precision
 from attrlib.models import eval_mode
 
@@ -31,18 +32,21 @@ def predict(
     """Logits (N, K) float32 and labels (N, K) of a whole (image, labels, ...) dataset, in order.
 
     The model runs in eval mode (restored afterwards) under `mixed_precision`; the outputs are
-    on the CPU.
+    on the CPU. In a run of several processes every rank must call it: each predicts its
+    share of the batches (attrlib.distributed.shard_batches) and every rank returns all.
     """
-    logits, labels = [], []
+    numbers, batches = shard_batches(len(dataset), batch_size, ranks())
+    outputs = []
     with eval_mode(model):
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for number, batch in zip(numbers, DataLoader(dataset, batch_sampler=batches), strict=True):
             # channels-last on every device: oneDNN convolves it up to 2x faster than NCHW at
             # inference on CPU (not in training, whose backward gains little)
             images = batch[0].to(device, non_blocking=True)
             images = images.contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
             with mixed_precision(device):
-                logits.append(model(images).float().cpu())  # (B, K)
-            labels.append(batch[1])  # (B, K)
+                logits = model(images).float().cpu()  # (B, K)
+            outputs.append((number, (logits, batch[1])))  # (B, K), (B, K)
+    logits, labels = zip(*gather_batches(outputs), strict=True)
     return torch.cat(logits), torch.cat(labels)
 
 

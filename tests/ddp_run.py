@@ -6,6 +6,8 @@
 SPEC (JSON): "stage" (teacher, distill or evaluate), "config" (the stage config's fields),
 and optionally "micro_batches" (one process computing each step as that many ranks),
 "sync_bn" (the profile's batch norms synchronised across ranks, CUDA only),
+"predict_batch_size" (batches of validation and evaluation prediction, so that a tiny
+validation set still spreads over the ranks),
 "stop_after" (every rank ends at once, as if killed, after that epoch is saved) and "audit"
 (a folder: each rank lists in audit/rank<r>.json every file it created, wrote, renamed or
 removed below the config's out_dir).
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from attrlib import config, distributed, engine, stages
+from attrlib import config, distributed, engine, evaluate, predict, stages
 from attrlib.config import DistillConfig, EvalConfig, TeacherConfig
 
 CONFIGS = {"teacher": TeacherConfig, "distill": DistillConfig, "evaluate": EvalConfig}
@@ -63,6 +65,9 @@ def main(spec_path: str) -> None:
     touched: list[str] = []
     if spec.get("audit"):
         watch_writes(Path(spec["config"]["out_dir"]).resolve(), touched)
+    if spec.get("predict_batch_size"):
+        sized = functools.partial(predict.predict, batch_size=spec["predict_batch_size"])
+        engine.predict = evaluate.predict = sized
     if spec.get("micro_batches", 1) > 1:
         stages.fit = functools.partial(engine.fit, micro_batches=spec["micro_batches"])
     if spec.get("stop_after"):

@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tests" / "ddp_run.py"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 REL = 1e-6
+# validation and evaluation predict 8 images in batches of 3: batches 0 and 2 on rank 0, 1
+# on rank 1 (with the default 128 the one batch would sit on rank 0)
+SHARDED_VAL = {"predict_batch_size": 3}
 
 
 def run(tmp: Path, name: str, spec: dict, ranks: int = 1) -> subprocess.CompletedProcess:
@@ -97,10 +100,10 @@ def work(tmp_path_factory) -> Path:
 def teachers(work: Path, synth_root: Path) -> dict[str, Path]:
     """The smoke teacher trained by 2 ranks (writes audited) and by one process as 2 ranks."""
     out = {"ddp": work / "teacher-ddp", "one": work / "teacher-one"}
-    spec = {"stage": "teacher", "config": config(synth_root, out["ddp"])}
+    spec = {"stage": "teacher", "config": config(synth_root, out["ddp"]), **SHARDED_VAL}
     ok(run(work, "teacher-ddp", {**spec, "audit": str(work / "audit-teacher")}, ranks=2))
     spec = {"stage": "teacher", "config": config(synth_root, out["one"]), "micro_batches": 2}
-    ok(run(work, "teacher-one", spec))
+    ok(run(work, "teacher-one", {**spec, **SHARDED_VAL}))
     return out
 
 
@@ -131,7 +134,8 @@ def test_ddp_kd_swa_equals_one_process_with_the_same_global_batch(teachers, work
     for name, ranks, extra in (("ddp", 2, {}), ("one", 1, {"micro_batches": 2})):
         runs[name] = work / f"swa-{name}"
         fields = config(synth_root, runs[name], teacher=teacher, matching="swa", epochs=2)
-        ok(run(work, f"swa-{name}", {"stage": "distill", "config": fields, **extra}, ranks))
+        spec = {"stage": "distill", "config": fields, **extra, **SHARDED_VAL}
+        ok(run(work, f"swa-{name}", spec, ranks))
     assert_same_history(runs["ddp"], runs["one"])
     assert_same_weights(runs["ddp"], runs["one"])
     assert all(r["train_match"] > 0 for r in history(runs["ddp"]))  # the matching term acted
@@ -139,7 +143,7 @@ def test_ddp_kd_swa_equals_one_process_with_the_same_global_batch(teachers, work
 
 def test_killed_ddp_run_resumes_and_ends_as_the_uninterrupted_one(teachers, work, synth_root):
     out = work / "teacher-killed"
-    spec = {"stage": "teacher", "config": config(synth_root, out), "stop_after": 1}
+    spec = {"stage": "teacher", "config": config(synth_root, out), "stop_after": 1, **SHARDED_VAL}
     stopped = run(work, "teacher-killed", spec, ranks=2)
     assert stopped.returncode != 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -168,7 +172,8 @@ def test_sharded_evaluation_equals_the_one_process_table(teachers, work, synth_r
             teacher=str(teachers["one"] / "best.pt"),
             batch_size=3,  # 8 images: batches 0 and 2 on rank 0, 1 on rank 1
         )
-        spec = {"stage": "evaluate", "config": fields, "audit": str(work / f"audit-eval-{name}")}
+        audit = str(work / f"audit-eval-{name}")
+        spec = {"stage": "evaluate", "config": fields, "audit": audit, **SHARDED_VAL}
         ok(run(work, f"eval-{name}", spec, ranks))
     pairs = {name: (out / "eval_pairs.csv").read_text() for name, out in outs.items()}
     assert pairs["ddp"] == pairs["one"]
@@ -350,3 +355,13 @@ def test_other_ranks_write_nothing(tmp_path, monkeypatch):
     write_json_atomic(tmp_path / "a" / "m.json", {"x": 1})
     save_torch_atomic(tmp_path / "b.pt", {"x": torch.zeros(1)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shard_batches_deal_the_one_process_batches_round_robin():
+    shares = [distributed.shard_batches(8, 3, Ranks(r, 2)) for r in range(2)]
+    assert [list(numbers) for numbers, _ in shares] == [[0, 2], [1]]
+    assert [[list(b) for b in batches] for _, batches in shares] == [
+        [[0, 1, 2], [6, 7]],
+        [[3, 4, 5]],
+    ]
+    assert distributed.gather_batches([(2, "c"), (0, "a")]) == ["a", "c"]
