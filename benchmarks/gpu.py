@@ -15,6 +15,9 @@ Three figures, each a ratio within this one process, on the first CUDA device:
    size, every ground-truth pair scored); data: `--data-root`, else `--images` synthetic
    validation images generated in a temporary folder.
 
+4. With two or more GPUs, DDP scaling of teacher training (`ddp_scaling`): images/s of
+   `benchmarks/ddp_step.py` under torchrun on 1 GPU and on all of them, same global batch.
+
 From these it estimates the device-hours of each stage of the profile's `make all`
 (`stage_hours`, VOC2012's split sizes), when the teacher figure was measured on the profile's
 own teacher (width and input size).
@@ -35,6 +38,7 @@ import argparse
 import copy
 import datetime
 import importlib.util
+import json
 import statistics
 import subprocess
 import sys
@@ -175,6 +179,47 @@ def evaluation_ratio(
     return result
 
 
+def ddp_scaling(
+    device: str,
+    counts: list[int],
+    width_div: int,
+    input_size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+) -> dict:
+    """`benchmarks/ddp_step.py` under torchrun for each process count in `counts` (the first
+    is the baseline): images/s per count and `efficiency` = images/s / (count x baseline's)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = Path(__file__).resolve().with_name("ddp_step.py")
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
+        for count in counts:
+            out = Path(tmp) / f"ddp-{count}.json"
+            command = [str(torchrun), "--standalone", f"--nproc_per_node={count}", str(script)]
+            command += ["--device", device, "--width-div", str(width_div)]
+            command += ["--input-size", str(input_size), "--batch", str(batch)]
+            command += ["--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
+            subprocess.run(command, check=True, capture_output=True, text=True)
+            runs[count] = json.loads(out.read_text())
+    base = runs[counts[0]]["images_per_s"] / counts[0]
+    return {
+        "counts": counts,
+        "images_per_s": {n: r["images_per_s"] for n, r in runs.items()},
+        "efficiency": {n: r["images_per_s"] / (n * base) for n, r in runs.items()},
+        "runs": runs,
+    }
+
+
+def scaling_line(ddp: dict, input_size: int) -> str:
+    """The summary line of a `ddp_scaling` result."""
+    n, ips = ddp["counts"][-1], ddp["images_per_s"]
+    return (
+        f"DDP teacher train {input_size} px: {ips[1]:.0f} img/s on 1 GPU,"
+        f" {ips[n]:.0f} img/s on {n} ({100 * ddp['efficiency'][n]:.0f}% scaling)"
+    )
+
+
 def stage_hours(
     result: dict,
     prof: Profile,
@@ -254,6 +299,8 @@ def summary_lines(result: dict) -> list[str]:
     speedup = step["speedup_head_only_vs_authors"]
     goal = "met" if loc["ratio_total"] >= EVAL_GOAL else "NOT met"
     methods = ", ".join(f"{m} {r:.1f}x" for m, r in loc["ratio_per_method"].items())
+    ddp = result.get("ddp_teacher_train")
+    scaling = [scaling_line(ddp, teacher["input_size"])] if ddp else []
     hours = result.get("stage_hours")
     estimate = (
         [
@@ -274,6 +321,7 @@ def summary_lines(result: dict) -> list[str]:
         f"localization evaluation ({loc['images']} images, {sum(loc['pairs'].values())} pairs,"
         f" {loc['input_size']} px): batched vs authors' per-pair loop {loc['ratio_total']:.1f}x"
         f" (goal >= {EVAL_GOAL:.0f}x {goal}; {methods})",
+        *scaling,
         *estimate,
     ]
 
@@ -304,6 +352,12 @@ def run(args: argparse.Namespace, device: torch.device | str) -> dict:
         args.data_root,
         args.checkpoint,
     )
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus >= 2:
+        batch = args.batch // gpus * gpus  # a global batch every rank gets an equal share of
+        result["ddp_teacher_train"] = ddp_scaling(
+            "cuda", [1, gpus], args.width_div, args.input_size, batch, args.steps, args.warmup
+        )
     if teacher_matches(result, prof):
         result["stage_hours"] = stage_hours(result, prof)
     for line in summary_lines(result):

@@ -113,3 +113,17 @@ def test_no_estimate_when_the_teacher_measured_is_not_the_profiles() -> None:
     prof = bench.get_profile("voc")
     assert bench.teacher_matches({"teacher_train": {"width_div": 1, "input_size": 227}}, prof)
     assert not bench.teacher_matches({"teacher_train": {"width_div": 16, "input_size": 32}}, prof)
+
+
+def test_ddp_scaling_runs_the_step_under_torchrun_on_cpu() -> None:
+    """gloo stands in for NCCL: 1 and 2 processes share a global batch of 4."""
+    result = bench.ddp_scaling("cpu", [1, 2], 16, 32, batch=4, steps=2, warmup=1)
+    assert result["counts"] == [1, 2]
+    assert [result["runs"][n]["world"] for n in (1, 2)] == [1, 2]
+    assert [result["runs"][n]["per_rank_batch"] for n in (1, 2)] == [4, 2]
+    assert result["efficiency"][1] == 1.0
+    assert all(ips > 0 for ips in result["images_per_s"].values())
+    expected = result["images_per_s"][2] / (2 * result["images_per_s"][1])
+    assert result["efficiency"][2] == pytest.approx(expected)
+    line = bench.scaling_line(result, 32)
+    assert line.startswith("DDP teacher train 32 px:") and " img/s on 2 (" in line
