@@ -617,7 +617,7 @@ def _resume_checkpoint(path: Path) -> dict | None:
         return None
     try:
         return load_checkpoint(path)
-    except FileNotFoundError:  # another rank's rank 0 moved an unreadable one aside meanwhile
+    except FileNotFoundError:  # rank 0 moved an unreadable one aside meanwhile
         return None
     except CheckpointError as e:
         if e.reason != "unreadable":
