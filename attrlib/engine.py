@@ -415,6 +415,9 @@ def fit(
     on every rank. `micro_batches=n` makes one process compute each step as
     n ranks would (attrlib.distributed: the reference of the distributed tests).
 
+    `on_epoch_end(epoch, record)` runs on every rank once an epoch is validated, before its
+    checkpoint is written (attrlib.curves.EpochCurves logs the record there).
+
     Returns the metrics dict (also in `metrics.json`).
     """
     rank = distributed.ranks()
@@ -509,10 +512,13 @@ def fit(
                 "best": best,
                 "processes": rank.world,
             }
-            if rank.is_main:
-                _save_epoch(out_dir, model, classes, fields, improved, optimizer, scheduler, scaler)
+            # the callback runs before the checkpoint: a kill between the two leaves last.pt an
+            # epoch behind, so the resume redoes that epoch and its curves (EpochCurves purges
+            # from its first new step); the other order would lose the epoch from the curves
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
+            if rank.is_main:
+                _save_epoch(out_dir, model, classes, fields, improved, optimizer, scheduler, scaler)
 
     result = {"history": history, "best": best, "finished": True, "config": stage_config}
     write_json_atomic(out_dir / "metrics.json", result)

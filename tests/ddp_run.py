@@ -8,7 +8,7 @@ and optionally "micro_batches" (one process computing each step as that many ran
 "sync_bn" (the profile's batch norms synchronised across ranks, CUDA only),
 "predict_batch_size" (batches of validation and evaluation prediction, so that a tiny
 validation set still spreads over the ranks),
-"stop_after" (every rank ends at once, as if killed, after that epoch is saved) and "audit"
+"stop_after" (every rank ends at once, as if killed, in the epoch after that one is saved) and "audit"
 (a folder: each rank lists in audit/rank<r>.json every file it created, wrote, renamed or
 removed below the config's out_dir).
 """
@@ -75,7 +75,9 @@ def main(spec_path: str) -> None:
 
         def stop(self, epoch: int, record: dict) -> None:
             curves(self, epoch, record)
-            if epoch + 1 == spec["stop_after"]:
+            # the curves of the next epoch are logged before its checkpoint: a kill there
+            # leaves epoch stop_after as the last saved one
+            if epoch == spec["stop_after"]:
                 os._exit(3)  # no cleanup of any kind, as a kill
 
         stages.EpochCurves.__call__ = stop

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_engine import _run
 
+import attrlib.engine as engine
 import attrlib.stages as stages
 from attrlib.config import TeacherConfig
 from attrlib.curves import EpochCurves, scalar_tag
@@ -53,7 +54,7 @@ def test_event_files_hold_every_epoch_of_the_history(tmp_path, one_thread):
 
 
 def _interrupted(out_dir) -> None:
-    """A run stopped after its second epoch (logged and checkpointed)."""
+    """A run stopped once its second epoch is logged, before that epoch's checkpoint."""
     curves = EpochCurves(out_dir)
 
     def stop(epoch, record):
@@ -64,6 +65,10 @@ def _interrupted(out_dir) -> None:
     with pytest.raises(KeyboardInterrupt):
         _run(out_dir, on_epoch_end=stop)
     curves.close()
+    _next_second()
+
+
+def _next_second() -> None:
     # TensorBoard reads a folder's event files in name order: time in whole seconds, host,
     # pid, then a per-process counter that sorts as text (10 < 9). A real resume is a new
     # process seconds later; a rerun in this process within the same second could sort first.
@@ -73,6 +78,29 @@ def _interrupted(out_dir) -> None:
 def test_resumed_run_has_one_value_per_epoch(tmp_path, one_thread):
     _interrupted(tmp_path)
     assert [s for s, _ in _curves(tmp_path)["train/loss"]] == [1, 2]
+    assert engine.load_checkpoint(tmp_path / "last.pt")["epoch"] == 0  # epoch 1's
+    with EpochCurves(tmp_path) as curves:
+        _run(tmp_path, on_epoch_end=curves)
+    assert _curves(tmp_path) == _expected(tmp_path)
+
+
+@pytest.mark.parametrize("written", [True, False], ids=["after-last.pt", "during-last.pt"])
+def test_kill_at_the_checkpoint_loses_no_epoch(tmp_path, one_thread, monkeypatch, written):
+    """Killed while or just after writing epoch 2's files: its curves are already logged."""
+    save = engine._save_epoch
+
+    def killed(out_dir, model, classes, fields, *rest):
+        if fields["epoch"] != 1 or written:
+            save(out_dir, model, classes, fields, *rest)
+        if fields["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_save_epoch", killed)
+    with EpochCurves(tmp_path) as curves, pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, on_epoch_end=curves)
+    monkeypatch.setattr(engine, "_save_epoch", save)
+    assert [s for s, _ in _curves(tmp_path)["train/loss"]] == [1, 2]
+    _next_second()
     with EpochCurves(tmp_path) as curves:
         _run(tmp_path, on_epoch_end=curves)
     assert _curves(tmp_path) == _expected(tmp_path)

@@ -112,10 +112,11 @@ def _history(metrics: dict) -> list[dict]:
 
 
 def _interrupt_after(last_epoch: int):
-    """An `on_epoch_end` that stops training once epoch `last_epoch` (0-based) is saved."""
+    """An `on_epoch_end` that stops training once epoch `last_epoch` (0-based) is saved: in
+    the next epoch, whose callback runs before that epoch's checkpoint."""
 
     def interrupt(epoch, record):
-        if epoch == last_epoch:
+        if epoch == last_epoch + 1:
             raise KeyboardInterrupt
 
     return interrupt

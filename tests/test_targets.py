@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_engine import _interrupt_after
 
 import attrlib.stages as stages
 from attrlib.config import DistillConfig, PruneIterativeConfig, Recipe, get_profile
@@ -248,12 +249,8 @@ def test_fit_with_store_equals_fit_without_and_resumes_exactly(request, setup, l
         torch.testing.assert_close(torch.tensor(b[key]), torch.tensor(a[key]), **TOL, msg=key)
     assert a["train_loss"][0] != a["train_loss"][1]
 
-    def interrupt(epoch, record):
-        if epoch == 0:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _fit(env, tmp_path / "cut", store, layer, on_epoch_end=interrupt)
+        _fit(env, tmp_path / "cut", store, layer, on_epoch_end=_interrupt_after(0))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
     resumed, resumed_metrics = _fit(env, tmp_path / "cut", store, layer)
     assert _strip(resumed_metrics["history"]) == _strip(cached["history"])
