@@ -8,8 +8,9 @@ flushed at once so `make tensorboard` shows a running stage as it trains.
 A resumed run reopens the folder with `purge_step` at its first new epoch: TensorBoard then
 hides whatever an interrupted process logged from that epoch on, so every step keeps exactly
 one value (the one `metrics.json` holds). `fit` calls it before writing the epoch's checkpoint,
-so a kill between the two leaves the epoch logged and redone, never missing. The writer opens on the first epoch, so a finished
-run reloaded without training writes no file; in a distributed run only rank 0 writes.
+so a kill between the two leaves the epoch logged and redone, never missing. The writer opens
+on the first epoch, so a finished run reloaded without training writes no file; in a
+distributed run only rank 0 writes.
 """
 
 from __future__ import annotations

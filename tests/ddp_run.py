@@ -8,9 +8,9 @@ and optionally "micro_batches" (one process computing each step as that many ran
 "sync_bn" (the profile's batch norms synchronised across ranks, CUDA only),
 "predict_batch_size" (batches of validation and evaluation prediction, so that a tiny
 validation set still spreads over the ranks),
-"stop_after" (every rank ends at once, as if killed, in the epoch after that one is saved) and "audit"
-(a folder: each rank lists in audit/rank<r>.json every file it created, wrote, renamed or
-removed below the config's out_dir).
+"stop_after" (every rank ends at once, as if killed, in the epoch after that one is saved)
+and "audit" (a folder: each rank lists in audit/rank<r>.json every file it created, wrote,
+renamed or removed below the config's out_dir).
 """
 
 from __future__ import annotations
