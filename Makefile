@@ -1,17 +1,10 @@
-# Attribution-preserving compression study. Quick start:
-#   make all     # environment, data, every stage, tables and figures (PROFILE=default)
-#   make test    # the test suite
-#   make check-data  # read every listed image, annotation and mask, list every problem
-# PROFILE=smoke|default|voc selects the profile; VOC_ROOT=/path/to/VOCdevkit/VOC2012 uses
-# real VOC data; TEACHER_WEIGHTS=/path/to/vgg16_bn.pth initialises the teacher (voc);
-# SEEDS: seeds of every compression setting (default profile 0 1 2, smoke and voc 0;
-# DISTILL_SEEDS, PRUNE_SEEDS: one stage's); JOBS=n runs n grid runs at a time.
-# Scaling out: GPUS="0 1 2 3" gives each grid run a GPU of its own (JOBS defaults to their
-# number); LAUNCH="srun ..." starts each run through a cluster launcher; NPROC=n trains and
-# evaluates each run on n DDP processes under torchrun. README, "Scaling out".
-# Wall time per stage: runs/<profile>/timings.csv; `make results` copies the tables into docs/.
+# Attribution-preserving compression study. `make help` lists every target and variable.
+#   make all PROFILE=smoke   # the whole study in about two minutes (tiny networks)
+#   make all                 # the default study (about 100 min on 2 cores)
+#   make test                # the test suite
 
 PROFILE ?= default
+SET ?=
 SEED ?= 0
 VOC_ROOT ?=
 TEACHER_WEIGHTS ?=
@@ -34,8 +27,23 @@ MAKEFLAGS += -j$(JOBS)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUNS := runs/$(PROFILE)
-SYNTH_ROOT := data/synthvoc-$(PROFILE)
+
+# The profile: a built-in name (attrlib/profiles/<name>.yaml) or a user's .yaml file, plus
+# SET="field=value ..." overrides. Its runs go to runs/$(NAME): the profile's name, and with
+# SET a short hash of it, so a changed setting never lands among finished runs of another.
+NO_PROFILE_GOALS := help clean venv test test-slow lint lab lab-install
+PROFILE_FILE := $(if $(filter %.yaml %.yml,$(PROFILE)),$(PROFILE),attrlib/profiles/$(PROFILE).yaml)
+PROFILE_NAME := $(basename $(notdir $(PROFILE_FILE)))
+ifneq ($(filter-out $(NO_PROFILE_GOALS),$(or $(MAKECMDGOALS),all)),)
+ifeq ($(wildcard $(PROFILE_FILE)),)
+$(error PROFILE=$(PROFILE): no such profile; give smoke, default, voc or the path of a .yaml file (copy attrlib/profiles/default.yaml to start one))
+endif
+endif
+SET_HASH := $(if $(strip $(SET)),-$(shell printf '%s' '$(strip $(SET))' | sha1sum | cut -c1-8))
+NAME ?= $(PROFILE_NAME)$(SET_HASH)
+RUNS := runs/$(NAME)
+# data only depends on the synth fields: other overrides share the profile's data set
+SYNTH_ROOT := data/synthvoc-$(if $(findstring synth,$(SET)),$(NAME),$(PROFILE_NAME))
 DATA_ROOT := $(if $(VOC_ROOT),$(VOC_ROOT),$(SYNTH_ROOT)/VOCdevkit/VOC2012)
 # The data stamp: the synthetic manifest, or the real tree's class split file.
 DATA_STAMP := $(if $(VOC_ROOT),$(VOC_ROOT)/ImageSets/Main/train.txt,$(DATA_ROOT)/synthvoc.json)
@@ -107,13 +115,22 @@ endef
 # attrlib/study.py's COMPRESSION). make writes the included file first and restarts itself;
 # goals that run no stage skip it (they need no venv).
 GRID_MK := $(RUNS)/.grid.mk
-NO_GRID_GOALS := help clean clean-runs venv test test-slow lint lab lab-install results tensorboard
+NO_GRID_GOALS := $(NO_PROFILE_GOALS) clean-runs results tensorboard
+# The resolved profile, every field (what the runs of $(RUNS) were made with), rewritten
+# only when it changes: the stages depend on it. Its recipe runs every time, and refuses
+# real data with a synthetic profile and the reverse before anything is written.
+PROFILE_STAMP := $(RUNS)/profile.yaml
+$(PROFILE_STAMP): FORCE | $(STAMP)
+	@$(VENV)/bin/python -m attrlib.profiles show $(PROFILE) --set '$(SET)' --into $@ \
+		--data $(if $(VOC_ROOT),real,synthetic) $(if $(TEACHER_WEIGHTS),--weights)
+.PHONY: FORCE
+FORCE:
 ifneq ($(filter-out $(NO_GRID_GOALS),$(or $(MAKECMDGOALS),all)),)
--include $(GRID_MK)
+include $(GRID_MK)
 endif
-$(GRID_MK): attrlib/config.py attrlib/study.py | $(STAMP)
+$(GRID_MK): $(PROFILE_STAMP) attrlib/study.py | $(STAMP)
 	@mkdir -p $(dir $@)
-	$(VENV)/bin/python -m attrlib.study grid $(PROFILE) > $@.tmp && mv $@.tmp $@
+	@$(VENV)/bin/python -m attrlib.study grid $(PROFILE) --set '$(SET)' > $@.tmp && mv $@.tmp $@
 SEEDS ?= $(GRID_SEEDS)
 
 TEACHER_NB := $(RUNS)/teacher/01_teacher.ipynb
@@ -127,7 +144,9 @@ ONESHOT_NBS := $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m
 ITERATIVE_NBS := $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(RUNS)/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
 EVAL_NB := $(RUNS)/evaluate/05_evaluate.ipynb
 PAPER_NB := $(RUNS)/paper/06_paper.ipynb
-COMMON = -p profile $(PROFILE) -p data_root $(DATA_ROOT)
+PROFILE_ARGS = --profile $(PROFILE) --set '$(SET)'
+PROFILE_PARAMS = -p profile $(PROFILE) $(if $(strip $(SET)),-p overrides '$(SET)')
+COMMON = $(PROFILE_PARAMS) -p data_root $(DATA_ROOT)
 # words of a run name such as x2-swa-s0 or p0.3-naive-s1
 word_of = $(word $(1),$(subst -, ,$(2)))
 # The grid's runs get THREADS threads however they are started (the same seed gives the same
@@ -137,27 +156,43 @@ GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 .PHONY: all venv data check-data teacher targets distill prune prune-oneshot prune-iterative evaluate paper bench \
 	timings results test test-slow lint lab clean clean-runs help
 
-all: paper
+all: paper  ## the whole study: environment, data, every stage, tables and figures
 
 # The paper rule folds the log after its own run; this refolds it after single stages.
-timings: | $(STAMP)
+timings: | $(STAMP)  ## fold the per-stage wall times into runs/<name>/timings.csv
 	$(FOLD_TIMINGS)
 
 # The reference run's tables and timings, kept under version control in docs/results/<p>/.
-RESULTS := docs/results/$(PROFILE)
+RESULTS := docs/results/$(NAME)
 RESULT_FILES := $(RUNS)/paper/all_runs.csv $(RUNS)/paper/summary.md $(RUNS)/timings.csv
-results:
+results:  ## copy a finished study's tables and timings into docs/results/<name>/
 	@missing=0; for f in $(RESULT_FILES); do \
 		[ -f "$$f" ] || { echo "make results: $$f is missing" >&2; missing=1; }; \
 	done; \
-	[ $$missing = 0 ] || { echo "make results: run \`make all PROFILE=$(PROFILE)\` first" >&2; exit 1; }
+	[ $$missing = 0 ] || { echo "make results: run \`make all PROFILE=$(PROFILE)$(if $(SET), SET='$(SET)')\` first" >&2; exit 1; }
 	@mkdir -p $(RESULTS)
 	cp $(RESULT_FILES) $(RESULTS)/
 
-help:
-	@sed -n '/^#/!q;p' Makefile
+define HELP_VARIABLES
+Variables (make VAR=value ...):
+  PROFILE=smoke|default|voc|path/to/mine.yaml   the profile (default: default); built-ins
+                         are attrlib/profiles/*.yaml, every field described in default.yaml
+  SET="f=v ..."          change profile fields: SET="distill.epochs=10 seeds=[0]"; runs go
+                         to runs/<profile>-<hash of SET> (NAME=... names the folder)
+  VOC_ROOT=/path/to/VOCdevkit/VOC2012   real PASCAL VOC 2012 (with PROFILE=voc)
+  TEACHER_WEIGHTS=/path/to/vgg16_bn.pth torchvision's ImageNet weights for the voc teacher
+  SEEDS, DISTILL_SEEDS, PRUNE_SEEDS     seeds of the grid (default: the profile's)
+  JOBS=n THREADS=n       grid runs at a time, torch threads each (default: cores, 1 each)
+  GPUS="0 1" NPROC=n LAUNCH="srun ..."  scaling out: docs/scaling.md
+  LAB_PORT, TB_PORT      ports of make lab and make tensorboard
+endef
+export HELP_VARIABLES
+help:  ## this list
+	@echo "Targets (runs/<name>/ holds a profile's runs; see README.md):"
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
+	@echo "$$HELP_VARIABLES"
 
-venv: $(STAMP)
+venv: $(STAMP)  ## the environment: .venv with torch 2.14.1 (about 6 GB, 1-2 min)
 $(STAMP): pyproject.toml
 	@$(call time_start,venv)
 	$(PYTHON) -m venv $(VENV)
@@ -165,10 +200,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@ && $(call time_end,venv)
 
-data: $(DATA_STAMP)
-$(SYNTH_ROOT)/VOCdevkit/VOC2012/synthvoc.json: | $(STAMP)
+data: $(DATA_STAMP)  ## the profile's synthetic data set (or check VOC_ROOT's split file)
+$(SYNTH_ROOT)/VOCdevkit/VOC2012/synthvoc.json: | $(STAMP) $(PROFILE_STAMP)
 	@$(call time_start,data)
-	$(PY) -m attrlib.synthvoc --root $(SYNTH_ROOT) --profile $(PROFILE) --seed $(SEED)
+	$(PY) -m attrlib.synthvoc --root $(SYNTH_ROOT) $(PROFILE_ARGS) --seed $(SEED)
 	@$(call time_end,data)
 ifneq ($(VOC_ROOT),)
 $(VOC_ROOT)/ImageSets/Main/train.txt:
@@ -178,8 +213,8 @@ endif
 # Real data is read whole before the teacher trains on it: every missing or unreadable file
 # listed at once, not the first one found hours into a run (the stamp gates the teacher).
 DATA_CHECKED := $(RUNS)/.data-checked
-CHECK_GATE := $(if $(or $(VOC_ROOT),$(filter voc,$(PROFILE))),$(DATA_CHECKED))
-check-data: $(DATA_STAMP) | $(STAMP)
+CHECK_GATE := $(if $(VOC_ROOT),$(DATA_CHECKED))
+check-data: $(DATA_STAMP) | $(STAMP)  ## read every image, annotation and mask once, list every problem
 	$(PY) -m attrlib.data check $(DATA_ROOT)
 $(DATA_CHECKED): $(DATA_STAMP) | $(STAMP)
 	$(PY) -m attrlib.data check $(DATA_ROOT)
@@ -194,62 +229,62 @@ $(DATA_DIGEST): $(DATA_STAMP) | $(STAMP)
 	@mkdir -p $(dir $@)
 	$(PY) -m attrlib.data digest $(DATA_ROOT) --into $@ $(if $(VOC_ROOT),,--rewind $(DATA_STAMP))
 
-teacher: $(RUNS)/teacher/01_teacher.ipynb
-$(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_DIGEST) | $(STAMP) $(CHECK_GATE)
-	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p seed $(SEED) -p data_root $(DATA_ROOT) -p out_dir $(RUNS)/teacher -p weights '$(TEACHER_WEIGHTS)')
+teacher: $(RUNS)/teacher/01_teacher.ipynb  ## train the teacher (notebook 01)
+$(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_DIGEST) $(PROFILE_STAMP) | $(STAMP) $(CHECK_GATE)
+	$(call run_notebook,$<,$@,$(COMMON) -p seed $(SEED) -p out_dir $(RUNS)/teacher -p weights '$(TEACHER_WEIGHTS)')
 
 # The teacher's logits and matching maps for every training view, computed once and read by
 # every distillation and pruning run instead of running the teacher in each of their steps.
-targets: $(TARGETS)
+targets: $(TARGETS)  ## the teacher's logits and maps for every training view, computed once
 $(TARGETS): $(TEACHER_NB)
 	@$(call time_start,targets)
-	$(call run_prefix,targets) $(PY) -m attrlib.targets --teacher $(TEACHER_CKPT) --data-root $(DATA_ROOT) --profile $(PROFILE) --out $@
+	$(call run_prefix,targets) $(PY) -m attrlib.targets --teacher $(TEACHER_CKPT) --data-root $(DATA_ROOT) $(PROFILE_ARGS) --out $@
 	@$(call time_end,targets)
 
-distill: $(DISTILL_NBS)
+distill: $(DISTILL_NBS)  ## every distillation run of the grid (notebook 02)
 $(RUNS)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(TARGETS)
 	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
 
-prune: prune-oneshot prune-iterative
-prune-oneshot: $(ONESHOT_NBS)
+prune: prune-oneshot prune-iterative  ## both pruning stages
+prune-oneshot: $(ONESHOT_NBS)  ## every one-shot structured pruning run (notebook 03)
 $(RUNS)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(TARGETS)
 	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
 
-prune-iterative: $(ITERATIVE_NBS)
+prune-iterative: $(ITERATIVE_NBS)  ## every iterative unstructured pruning schedule (notebook 04)
 $(RUNS)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(TARGETS)
 	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)),$(GRID_ENV))
 
 # Every finished model of the profile: the teacher, students, pruned networks, iterations
 # (on the default profile every second iteration: 16 x 6 schedules would double the time of
 # the evaluation, and the curves read as well from 8 points).
-SKIP_ITERATIONS := $(if $(filter default,$(PROFILE)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
-evaluate: $(EVAL_NB)
+SKIP_ITERATIONS := $(if $(filter default,$(PROFILE_NAME)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
+evaluate: $(EVAL_NB)  ## accuracy and localization of every model (notebook 05)
 $(EVAL_NB): notebooks/05_evaluate.ipynb $(TEACHER_NB) $(DISTILL_NBS) $(ONESHOT_NBS) $(ITERATIVE_NBS)
 	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -y "checkpoints: [$$(find $(RUNS) -name best.pt -not -path '*/evaluate/*' $(SKIP_ITERATIONS) | sort | paste -sd, -)]")
 
-paper: $(PAPER_NB)
+paper: $(PAPER_NB)  ## the paper's tables and figures (notebook 06)
 $(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NB)
-	$(call run_notebook,$<,$@,-p profile $(PROFILE) -p runs_dir $(RUNS) -p out_dir $(dir $@))
+	$(call run_notebook,$<,$@,$(PROFILE_PARAMS) -p runs_dir $(RUNS) -p out_dir $(dir $@))
 	$(FOLD_TIMINGS)
 
 # Speed against the authors' constructions, same process; ratios in runs/bench/*.json
-bench: $(STAMP)
-	$(PY) benchmarks/distill_step.py --profile $(PROFILE)
+bench: $(STAMP)  ## speed against the authors' constructions (ratios, runs/bench/)
+	$(PY) benchmarks/distill_step.py --profile $(PROFILE_NAME)
 	$(PY) benchmarks/evaluate.py --data-root $(DATA_ROOT) --checkpoint $(TEACHER_CKPT)
-	$(PY) benchmarks/distill_throughput.py --profile $(PROFILE) --data-root $(DATA_ROOT)
+	$(PY) benchmarks/distill_throughput.py --profile $(PROFILE_NAME) --data-root $(DATA_ROOT)
 
 # On a CUDA device: teacher AMP vs fp32, distill step and evaluation ratios (runs/bench/gpu.json)
 .PHONY: bench-gpu
-bench-gpu: $(STAMP)
+bench-gpu: $(STAMP)  ## GPU timings (AMP, distillation, evaluation); says so without CUDA
 	$(PY) benchmarks/gpu.py
 
-test: $(STAMP)
+test: $(STAMP)  ## the fast test suite (a few minutes)
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP)  ## the end-to-end tests on the smoke profile (CI runs both)
 	$(PY) -m pytest -m slow -q
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check and format check
 	$(PY) -m ruff check attrlib tests benchmarks notebooks
 	$(PY) -m ruff format --check attrlib tests benchmarks
 
@@ -259,9 +294,9 @@ lint: $(STAMP)
 # JupyterLab refuses root without --allow-root, and CI and these machines run as root.
 LAB_PORT ?=
 .PHONY: lab-install
-lab: $(VENV)/.installed-lab
+lab: $(VENV)/.installed-lab  ## open the notebooks in JupyterLab (installs it on first use)
 	$(VENV)/bin/jupyter lab notebooks $(if $(LAB_PORT),--port $(LAB_PORT)) $(if $(filter 0,$(shell id -u)),--allow-root)
-lab-install: $(VENV)/.installed-lab
+lab-install: $(VENV)/.installed-lab  ## install JupyterLab and the browser-test drivers only
 test-slow: $(VENV)/.installed-lab
 $(VENV)/.installed-lab: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lab]'
@@ -270,15 +305,15 @@ $(VENV)/.installed-lab: $(STAMP)
 # Live curves of every training stage (each run's tb/ folder), on localhost:TB_PORT.
 TB_PORT ?= 6006
 .PHONY: tensorboard
-tensorboard: $(STAMP)
+tensorboard: $(STAMP)  ## live training curves of runs/<name>/ on localhost:6006 (TB_PORT)
 	$(VENV)/bin/tensorboard --logdir $(RUNS) --host localhost --port $(TB_PORT)
 
 # Removes caches and generated data; finished runs stay (see clean-runs).
-clean:
+clean:  ## remove caches and generated data (runs stay)
 	rm -rf data/synthvoc-* .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-clean-runs:
-	@echo "This deletes every result under runs/$(PROFILE)."; \
+clean-runs:  ## delete runs/<name>/ after asking
+	@echo "This deletes every result under $(RUNS)."; \
 	read -p "Type the profile name to confirm: " answer; \
-	[ "$$answer" = "$(PROFILE)" ] && rm -rf runs/$(PROFILE) || echo "not deleted"
+	[ "$$answer" = "$(NAME)" ] && rm -rf $(RUNS) || echo "not deleted"

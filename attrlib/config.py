@@ -12,179 +12,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from attrlib.profiles import (  # noqa: F401  (re-exported: the configs' callers use them)
+    OPTIMIZERS,
+    PROFILES,
+    SCHEDULES,
+    Profile,
+    ProfileError,
+    Recipe,
+    SynthSpec,
+    get_profile,
+    split_overrides,
+)
+
 if TYPE_CHECKING:
     import torch
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "onecycle", "constant")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Optimisation recipe of one stage."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "multistep"  # multistep: lr *= gamma at each milestone epoch
-    milestones: tuple[int, ...] = ()  # epochs
-    gamma: float = 0.1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-
-
-@dataclass(frozen=True)
-class SynthSpec:
-    """Size of the generated synthetic VOC-layout data set."""
-
-    n_train: int
-    n_val: int
-    image_size: int  # pixels, side of the generated square images
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Everything that differs between a seconds-long smoke run, the default study and VOC."""
-
-    name: str
-    input_size: int  # pixels fed to the network
-    scale_min: float  # lower area bound of RandomResizedCrop
-    teacher_width_div: int  # 1 = the paper's VGG16-BN
-    student_width_divs: tuple[int, ...]  # students' extra division of the teacher's widths
-    teacher: Recipe
-    distill: Recipe
-    prune_oneshot: Recipe
-    prune_iterative: Recipe
-    prune_rates: tuple[float, ...]
-    iterative_steps: int
-    synth: SynthSpec | None = None  # None: real data only (VOC_ROOT)
-    iterative_fraction: float = 0.2  # of the remaining weights, per iteration
-    matching_lambda: float = 100.0  # distillation's
-    prune_matching_lambda: float | None = None  # pruning fine-tunes'; None: matching_lambda
-    drop_fraction: float = 0.3  # stochastic SWA
-    seeds: tuple[int, ...] = (0,)
-    num_workers: int = 0
-    # Where maps are matched (attrlib.models.MATCHING_LAYERS): "pool", the last max-pool's
-    # output, is where the authors' code matches.
-    matching_layer: str = "pool"
-    view_seed: int = 0  # seed of the training views shared by every run (attrlib.views)
-    matching_warmup: int = 0  # distillation epochs of KD alone before matching starts
-    # the grid of `make all`: words of attrlib.study.COMPRESSION per stage
-    distill_methods: tuple[str, ...] = ("kd", "ewa", "swa", "sswa")
-    oneshot_methods: tuple[str, ...] = ("naive", "swa", "sswa")
-    iterative_methods: tuple[str, ...] = ("naive", "swa", "sswa")
-    # Under `make NPROC=n` (GPUs only): batch norm over the global batch instead of each
-    # rank's shard. Off everywhere: not measured to train better on any profile yet.
-    sync_bn: bool = False
-
-
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke",
-        input_size=32,
-        scale_min=0.5,
-        teacher_width_div=16,
-        student_width_divs=(2,),
-        teacher=Recipe(epochs=2, batch_size=16, lr=0.05, schedule="onecycle"),
-        distill=Recipe(epochs=1, batch_size=16, lr=0.05, schedule="onecycle"),
-        prune_oneshot=Recipe(epochs=1, batch_size=16, lr=0.01, schedule="constant"),
-        prune_iterative=Recipe(epochs=1, batch_size=16, lr=0.01, schedule="constant"),
-        prune_rates=(0.5,),
-        iterative_steps=2,
-        matching_layer="attribution",  # at 32 px the pooled map is 1x1: nothing to match
-        synth=SynthSpec(n_train=48, n_val=16, image_size=40),
-        distill_methods=("kd", "swa"),
-        oneshot_methods=("naive", "swa"),
-        iterative_methods=("naive", "swa"),
-    ),
-    "default": Profile(
-        name="default",
-        # 96 px: the attribution layer is 6x6, fine enough for Grad-CAM's arg-max to land on
-        # the object (at 64 px its 4x4 grid put the teacher's pointing at 0.44)
-        input_size=96,
-        scale_min=0.5,
-        teacher_width_div=8,
-        student_width_divs=(2, 4),
-        teacher=Recipe(
-            epochs=24,
-            batch_size=64,
-            lr=2e-3,
-            optimizer="adamw",
-            schedule="onecycle",
-            weight_decay=5e-4,
-        ),
-        # Students train from scratch: a higher lr than the teacher's and 25 epochs. Measured on
-        # x4 (VGG16 / 32) KD+SWA, seed 0: 20 epochs 0.63 class mAP, 25 epochs 0.77; x4 KD
-        # at lr 2e-3 / 6e-3 / 1e-2 / 1.5e-2 (20 epochs): 0.52 (of 30) / 0.58 / 0.66 / 0.70.
-        distill=Recipe(
-            epochs=25,
-            batch_size=64,
-            lr=1.5e-2,
-            optimizer="adamw",
-            schedule="onecycle",
-            weight_decay=5e-4,
-        ),
-        prune_oneshot=Recipe(
-            epochs=2, batch_size=64, lr=2e-4, optimizer="adamw", schedule="constant"
-        ),
-        prune_iterative=Recipe(
-            epochs=1, batch_size=64, lr=2e-4, optimizer="adamw", schedule="constant"
-        ),
-        prune_rates=(0.3, 0.5, 0.7),
-        iterative_steps=16,
-        # Matching at the attribution layer (6x6), not at the pooled 3x3 the authors' layer
-        # gives at 96 px, which is too coarse to say where a network looks. The loss is a mean
-        # over h*w positions: the authors' lambda = 100 on 7x7 is 100 * 36 / 49 ~ 73 on 6x6.
-        # That pull keeps these tiny from-scratch students at chance (x4 KD+SWA: class mAP
-        # 0.17 after 12 epochs at 73; 0.29 after 27 at 10; 0.56 at 2 beside KD's 0.58), so
-        # distillation matches at lambda 3. Pruning fine-tunes start from the trained teacher
-        # and keep the pull that preserved their maps at 64 px (8 on 4x4 = 18 on 6x6).
-        matching_layer="attribution",
-        matching_lambda=3.0,
-        prune_matching_lambda=18.0,
-        seeds=(0, 1, 2),
-        synth=SynthSpec(n_train=3000, n_val=500, image_size=120),
-        iterative_methods=("naive", "swa"),  # stochastic SWA left out for time
-    ),
-    "voc": Profile(
-        name="voc",
-        input_size=227,
-        scale_min=0.08,
-        teacher_width_div=1,
-        student_width_divs=(2, 4, 8),
-        teacher=Recipe(epochs=60, batch_size=64, lr=0.1, milestones=(10, 30, 40)),
-        # the authors distil with plain SGD (no momentum); teacher and fine-tunes use 0.9
-        distill=Recipe(epochs=350, batch_size=64, lr=0.1, momentum=0.0, milestones=(150, 200, 250)),
-        prune_oneshot=Recipe(epochs=30, batch_size=64, lr=0.001, schedule="constant"),
-        prune_iterative=Recipe(epochs=30, batch_size=64, lr=0.001, schedule="constant"),
-        prune_rates=(0.3, 0.5, 0.7),
-        iterative_steps=16,
-        num_workers=4,
-    ),
-}
-
-
-def get_profile(name: str) -> Profile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise KeyError(f"unknown profile {name!r}; valid profiles: {sorted(PROFILES)}") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -213,8 +54,36 @@ def recipe_overrides(cfg: object, base: Recipe) -> Recipe:
     return dataclasses.replace(base, **changes)
 
 
-DATA_ROOT = "data/synthvoc-default/VOCdevkit/VOC2012"  # the default profile's generated set
-TEACHER = "runs/default/teacher/best.pt"
+# Where a config's empty paths point: the profile's generated data set, and a workspace of
+# its own for runs started outside `make all` (notebooks opened in JupyterLab, scripts), so
+# they never land among the grid's runs in runs/<profile>/.
+LAB_RUNS = "runs/lab"
+
+
+def synthetic_root(prof: Profile) -> str:
+    """The VOC2012 folder of the profile's generated data set (`make data` writes it)."""
+    return f"data/synthvoc-{prof.name}/VOCdevkit/VOC2012"
+
+
+def lab_dir(prof: Profile) -> str:
+    """The folder of the profile's runs made outside `make all`."""
+    return f"{LAB_RUNS}/{prof.name}"
+
+
+def lab_teacher(prof: Profile) -> str:
+    """The teacher checkpoint notebook 01 writes with its defaults, the others' reference."""
+    return f"{lab_dir(prof)}/teacher/best.pt"
+
+
+def default_data_root(prof: Profile) -> str:
+    if prof.synth is None:
+        raise ValueError(
+            f"profile {prof.name!r} reads real data: set data_root to your VOCdevkit/VOC2012 "
+            f"folder (make: VOC_ROOT=/path/to/VOCdevkit/VOC2012)"
+        )
+    return synthetic_root(prof)
+
+
 # Fields added after runs were made: left out of `to_dict` while they hold their default,
 # so a finished run of before still matches its config and is reloaded, not refused.
 ADDED = {"omit_if_default": True}
@@ -230,22 +99,39 @@ class StageConfig:
 
     stage: ClassVar[str] = ""
     profile: str = "default"
-    data_root: str = DATA_ROOT  # a VOC2012-layout folder
-    out_dir: str = ""
+    data_root: str = ""  # a VOC2012-layout folder; "": the profile's synthetic data set
+    out_dir: str = ""  # "": runs/lab/<profile>/<stage>/<run name>
     seed: int = 0
     device: str = "auto"
+    # changes to the profile's fields, `distill.epochs=10` (attrlib.profiles); a string is
+    # split into words as a shell splits them
+    overrides: tuple[str, ...] = field(default=(), metadata=ADDED)
 
     def __post_init__(self) -> None:
-        prof = get_profile(self.profile)
+        object.__setattr__(self, "overrides", split_overrides(self.overrides))
+        prof = self.profile_spec
         _fill_from(self, self._profile_defaults(prof))
         self._resolve(prof)
         self._check(prof)
+
+    @property
+    def profile_spec(self) -> Profile:
+        """The profile, with this config's overrides applied."""
+        return get_profile(self.profile, self.overrides)
+
+    def run_name(self) -> str:
+        """The run's folder name in `make all`'s grid (x2-swa-s0, ...); "" for the teacher."""
+        return ""
 
     def _profile_defaults(self, prof: Profile) -> dict:
         return {}
 
     def _resolve(self, prof: Profile) -> None:
-        pass
+        if not self.data_root:
+            object.__setattr__(self, "data_root", default_data_root(prof))
+        if not self.out_dir:
+            out_dir = f"{lab_dir(prof)}/{self.stage}/{self.run_name()}".rstrip("/")
+            object.__setattr__(self, "out_dir", out_dir)
 
     def _check(self, prof: Profile) -> None:
         pass
@@ -283,7 +169,6 @@ class TeacherConfig(TrainConfig):
 
     stage: ClassVar[str] = "teacher"  # its folder under runs/<profile>/, in config.json
 
-    out_dir: str = "runs/default/teacher"
     width_div: int | None = None  # None: the profile's teacher width
     weights: str = ""  # optional local torchvision vgg16_bn weights file (width_div=1 only)
 
@@ -300,14 +185,17 @@ class TeacherConfig(TrainConfig):
 
 
 STUDENT_WIDTH_DIVS = (2, 4, 8)
+STOCHASTIC_SWA = "sswa"
 
 
 @dataclass(frozen=True)
 class CompressionConfig(TrainConfig):
     """A network trained against a reference: its loss + lambda x matching(maps, reference's)."""
 
-    teacher: str = TEACHER  # the reference checkpoint
-    matching: str = "none"  # none | a name in attrlib.distill.MATCHINGS (ewa, swa, plugins')
+    teacher: str = ""  # the reference checkpoint; "": the lab's teacher (runs/lab/<profile>)
+    # none | a name in attrlib.distill.MATCHINGS (ewa, swa, plugins'); "sswa" is read as
+    # stochastic SWA: swa with the profile's drop_fraction
+    matching: str = "none"
     drop_fraction: float = 0.0  # stochastic SWA: fraction of teacher channel weights zeroed
     matching_lambda: float | None = None  # None: the profile's lambda for this stage
     matching_layer: str | None = None  # None: the profile's (attrlib.models.MATCHING_LAYERS)
@@ -315,6 +203,23 @@ class CompressionConfig(TrainConfig):
 
     def _profile_defaults(self, prof: Profile) -> dict:
         return {**super()._profile_defaults(prof), "matching_layer": prof.matching_layer}
+
+    def _resolve(self, prof: Profile) -> None:
+        if self.matching == STOCHASTIC_SWA:  # the word of the grid's run names
+            object.__setattr__(self, "matching", "swa")
+            object.__setattr__(self, "drop_fraction", self.drop_fraction or prof.drop_fraction)
+        super()._resolve(prof)
+        if not self.teacher:
+            object.__setattr__(self, "teacher", self._default_teacher(prof))
+
+    def _default_teacher(self, prof: Profile) -> str:
+        return lab_teacher(prof)
+
+    def method_word(self, baseline: str) -> str:
+        """The method's word in run names: `baseline` without matching, sswa, ewa, ..."""
+        if self.matching == "none":
+            return baseline
+        return ("s" if self.drop_fraction > 0 else "") + self.matching
 
     def _check(self, prof: Profile) -> None:
         from attrlib.distill import check_matching
@@ -334,7 +239,6 @@ class DistillConfig(CompressionConfig):
 
     stage: ClassVar[str] = "distill"  # its folder under runs/<profile>/, in config.json
 
-    out_dir: str = "runs/default/distill/x2-kd"
     width_div: int = 2  # the student's widths = the teacher's // width_div (x2, x4, x8)
     matching_warmup: int | None = None  # epochs of KD alone first; None: the profile's
     temperature: float = 4.0
@@ -349,6 +253,9 @@ class DistillConfig(CompressionConfig):
 
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.distill
+
+    def run_name(self) -> str:
+        return f"x{self.width_div}-{self.method_word('kd')}-s{self.seed}"
 
     def _check(self, prof: Profile) -> None:
         super()._check(prof)
@@ -372,7 +279,7 @@ class EvalConfig(StageConfig):
     stage: ClassVar[str] = "evaluate"  # its folder under runs/<profile>/, in config.json
 
     out_dir: str = ""  # "" = the checkpoint's folder
-    checkpoint: str = TEACHER
+    checkpoint: str = ""  # "": the lab's teacher (runs/lab/<profile>/teacher/best.pt)
     teacher: str = ""  # reference checkpoint for the agreement columns ("" = none)
     methods: tuple[str, ...] = ()  # names in attrlib.attribution.METHODS; () = every one
     batch_size: int = 32
@@ -381,10 +288,12 @@ class EvalConfig(StageConfig):
     def _resolve(self, prof: Profile) -> None:
         from attrlib.attribution import METHODS
 
-        super()._resolve(prof)
-        object.__setattr__(self, "methods", tuple(self.methods) or tuple(METHODS.names()))
+        if not self.checkpoint:
+            object.__setattr__(self, "checkpoint", lab_teacher(prof))
         if not self.out_dir:
             object.__setattr__(self, "out_dir", str(Path(self.checkpoint).parent))
+        super()._resolve(prof)
+        object.__setattr__(self, "methods", tuple(self.methods) or tuple(METHODS.names()))
 
     def _check(self, prof: Profile) -> None:
         from attrlib.attribution import METHODS
@@ -404,7 +313,7 @@ class _PruneConfig(CompressionConfig):
     """What the two pruning stages share: the network to prune, its reference, a criterion."""
 
     teacher: str = ""  # reference for matching; "" = the unpruned `model`
-    model: str = TEACHER  # checkpoint to prune
+    model: str = ""  # checkpoint to prune; "": the lab's teacher
 
     def _profile_defaults(self, prof: Profile) -> dict:
         lam = prof.prune_matching_lambda
@@ -414,9 +323,12 @@ class _PruneConfig(CompressionConfig):
         }
 
     def _resolve(self, prof: Profile) -> None:
+        if not self.model:
+            object.__setattr__(self, "model", lab_teacher(prof))
         super()._resolve(prof)
-        if not self.teacher:
-            object.__setattr__(self, "teacher", self.model)
+
+    def _default_teacher(self, prof: Profile) -> str:
+        return self.model
 
     def _criteria(self):
         """The registry `criterion` (how weights are scored, a field of each stage) names."""
@@ -435,12 +347,14 @@ class PruneOneShotConfig(_PruneConfig):
 
     stage: ClassVar[str] = "prune_oneshot"  # its folder under runs/<profile>/, in config.json
 
-    out_dir: str = "runs/default/prune_oneshot/p0.3-naive"
     criterion: str = field(default="l1", metadata=ADDED)  # attrlib.prune.STRUCTURED_CRITERIA
     rate: float = 0.3  # fraction of filters removed in the first conv and the last six
 
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.prune_oneshot
+
+    def run_name(self) -> str:
+        return f"p{self.rate:g}-{self.method_word('naive')}-s{self.seed}"
 
     def _criteria(self):
         from attrlib.prune import STRUCTURED_CRITERIA
@@ -459,7 +373,6 @@ class PruneIterativeConfig(_PruneConfig):
 
     stage: ClassVar[str] = "prune_iterative"  # its folder under runs/<profile>/, in config.json
 
-    out_dir: str = "runs/default/prune_iterative/naive"
     criterion: str = field(default="magnitude", metadata=ADDED)  # ...UNSTRUCTURED_CRITERIA
     fraction: float | None = None  # of the remaining conv weights pruned per iteration
     iterations: int | None = None
@@ -473,6 +386,9 @@ class PruneIterativeConfig(_PruneConfig):
 
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.prune_iterative
+
+    def run_name(self) -> str:
+        return f"{self.method_word('naive')}-s{self.seed}"
 
     def _criteria(self):
         from attrlib.prune import UNSTRUCTURED_CRITERIA

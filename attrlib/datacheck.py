@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from attrlib.data import (
     MANIFEST,
     check_mask,
@@ -37,6 +35,7 @@ from attrlib.data import (
     split_path,
 )
 from attrlib.io import write_text_atomic
+from attrlib.progress import progress_bar
 
 # The (kind, split) listings the study reads: classification train and val
 # (attrlib.stages.build_datasets, evaluate_checkpoint), localization val (evaluation, paper)
@@ -135,7 +134,9 @@ def check_tree(
         report.problems.append(Problem(root / MANIFEST, str(e)))
         return report
     needs = _listed_files(root, splits, report)
-    for image_id, listings in tqdm(needs.items(), desc="check", unit="image", disable=not progress):
+    for image_id, listings in progress_bar(
+        needs.items(), desc="check", unit="image", enabled=progress
+    ):
         _check_item(root, image_id, listings, classes, report)
     return report
 

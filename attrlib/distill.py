@@ -31,7 +31,8 @@ def check_matching(matching: str, matching_lambda: float, drop_fraction: float) 
     """The one validation of a matching setting (configs and `CompressionObjective`)."""
     if matching != NO_MATCHING and matching not in MATCHINGS:
         raise ValueError(
-            f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {matching!r}"
+            f"matching must be {NO_MATCHING!r} or one of {MATCHINGS.names()}, got {matching!r} "
+            "(stochastic SWA is swa with drop_fraction > 0; the configs read 'sswa' as that)"
         )
     if matching_lambda < 0:
         raise ValueError(f"matching_lambda must be >= 0, got {matching_lambda}")

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from attrlib import distributed
 from attrlib.config import Recipe
@@ -39,6 +38,7 @@ from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomi
 from attrlib.masks import attach_masks_, has_masks
 from attrlib.models import VGGVOC, ModelConfig, build_model
 from attrlib.predict import mixed_precision, predict, prediction_metrics
+from attrlib.progress import progress_bar
 from attrlib.views import ViewKeys
 
 CHECKPOINT_VERSION = 1
@@ -196,7 +196,8 @@ def train_epoch(
     sums: dict[str, float] = {}
     count = 0
     parts = 1 if streams is None else len(streams.states)
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    # a live bar on a terminal only: fit prints the epoch's one line in logs and notebooks
+    bar = progress_bar(loader, desc=desc, enabled=progress, leave=False)
     for step, batch in enumerate(bar):
         optimizer.zero_grad(set_to_none=True)
         for k in range(parts):
@@ -286,6 +287,17 @@ def describe_checkpoint(path: str | Path) -> tuple[str, str]:
     return what, fix
 
 
+def _who_writes(path: Path) -> str:
+    """What makes a missing checkpoint: a notebook run first (runs/lab/...) or a make target."""
+    stages = [part for part in path.parts[:-1] if part in _STAGE_TARGETS]
+    if not stages:
+        return ""
+    stage = stages[-1]
+    if "lab" in path.parts:  # runs/lab/<profile>/: the notebooks' runs with empty paths
+        return f" (the {stage} notebook writes it with its defaults: run it first, same profile)"
+    return f" (`make {_STAGE_TARGETS[stage]}` writes it)"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint dict, read with `weights_only=True`: a file that carries anything but
     tensors and plain values (e.g. a pickle that would run code) is refused, not executed.
@@ -294,7 +306,7 @@ def load_checkpoint(path: str | Path) -> dict:
     which run) and how to rebuild it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}{_who_writes(path)}")
     what, fix = describe_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

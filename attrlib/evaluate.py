@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from attrlib import distributed
 from attrlib.attribution import METHODS, attribute
@@ -42,6 +41,7 @@ from attrlib.metrics import (
 )
 from attrlib.models import eval_mode
 from attrlib.predict import predict, prediction_metrics
+from attrlib.progress import progress_bar
 
 AGREEMENT_TOP = 0.15  # fraction of the teacher's highest pixels that forms its "region"
 
@@ -123,6 +123,8 @@ def localization_table(
     device: torch.device | str = "cpu",
     progress: bool = True,
     require_prediction: bool = True,
+    *,
+    label: str = "",
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """One row per (image, class, method): auc, pointing, and agreement with `reference`.
 
@@ -131,6 +133,7 @@ def localization_table(
         methods: names in `METHODS`; None = every registered one.
         reference: the teacher / unpruned network (or its shared `ReferenceMaps`), or None
             (no agreement columns).
+        progress: a bar on a terminal (attrlib.progress), named "localization <label>".
         require_prediction: score only pairs the model predicts (logit > 0), as the paper;
             False scores every scorable ground-truth pair (see `select_pairs`).
     Returns:
@@ -150,7 +153,8 @@ def localization_table(
     rank = distributed.ranks()
     numbers, batches = distributed.shard_batches(len(dataset), batch_size, rank)
     loader = DataLoader(dataset, batch_sampler=batches)
-    bar = tqdm(loader, desc="localization", disable=not (progress and rank.is_main))
+    desc = f"localization {label}" if label else "localization"
+    bar = progress_bar(loader, desc=desc, enabled=progress and rank.is_main)
     for number, (images, labels, masks) in zip(numbers, bar, strict=True):
         offset = number * batch_size
         images, labels, masks = images.to(device), labels.to(device), masks.to(device)
@@ -207,17 +211,20 @@ def evaluate_model(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    *,
+    label: str = "",
 ) -> tuple[dict, pd.DataFrame]:
     """Prediction, cost and localization of one model: (summary dict, per-pair table).
 
     The prediction scores are class mAP, the authors' per-sample mAP and F1
-    (`attrlib.predict.prediction_metrics`) on `val_set`.
+    (`attrlib.predict.prediction_metrics`) on `val_set`. `label` names the model in the
+    progress bar (its checkpoint: an evaluation scores many models in a row).
     """
     device = torch.device(device)
     model = permanent_copy(model).to(device)
     scores = prediction_metrics(*predict(model, val_set, device))
     table, counts = localization_table(
-        model, loc_set, methods, reference, batch_size, device, progress
+        model, loc_set, methods, reference, batch_size, device, progress, label=label
     )
     summary = {
         **{name: scores[name] for name in ("map_class", "map_sample", "f1")},

@@ -20,7 +20,13 @@ from scipy import stats
 from attrlib.engine import load_model
 from attrlib.evaluate import image_maps
 from attrlib.io import write_text_atomic
-from attrlib.plots import attribution_grid, figure_pixels, save_animation
+from attrlib.plots import (
+    attribution_grid,
+    figure_pixels,
+    remaining_weights_axis,
+    save_animation,
+    score_label,
+)
 from attrlib.study import NO_MATCHING, STAGES, colour, method_label, method_labels
 
 SCORES = ("auc", "pointing", "cosine_teacher", "auc_teacher")
@@ -43,6 +49,14 @@ def _stage_of(config: dict, path: Path, runs_dir: Path) -> str:
 def _baselines() -> set[str]:
     """Labels of the runs without matching that matched runs are compared with."""
     return {method_label(s, {"matching": NO_MATCHING}) for s in STAGES if STAGES.get(s).baseline}
+
+
+def _method_order(stage: str, labels: Sequence[str]) -> list[str]:
+    """The distinct `labels` of a stage's runs in table order: its method without matching
+    first, then the registry's order, then methods without an entry (plugins') by name."""
+    order = dict.fromkeys([method_label(stage, {"matching": NO_MATCHING}), *method_labels(stage)])
+    rank = {label: i for i, label in enumerate(order)}
+    return sorted(set(labels), key=lambda m: (rank.get(m, len(rank)), m))
 
 
 def last_dead_maps(folder: Path) -> float:
@@ -154,20 +168,50 @@ def unstructured_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([*starts, rows], ignore_index=True)
 
 
+def seeds_per_curve(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per iterative-pruning method, the (fewest, most) seeds averaged into a point of its
+    curve: distinct seeds per iteration, counted in the frame (the teacher's point aside)."""
+    rows = frame[frame["stage"] == "prune_iterative"]
+    per_point = rows.groupby(["method", "iteration"])["seed"].nunique()
+    return {
+        method: (int(per_point[method].min()), int(per_point[method].max()))
+        for method in _method_order("prune_iterative", rows["method"])
+    }
+
+
+def _seeds_text(seeds: dict[str, tuple[int, int]]) -> str:
+    """'mean ± sd over 3 seeds', '... over 2-3 seeds' or '... over seeds: naive 3, SWA 2'."""
+    spans = {m: str(lo) if lo == hi else f"{lo}-{hi}" for m, (lo, hi) in seeds.items()}
+    if set(spans.values()) == {"1"}:
+        return "one seed (no spread)"
+    if len(set(spans.values())) == 1:
+        return f"mean ± sd over {next(iter(spans.values()))} seeds"
+    return "mean ± sd over seeds: " + ", ".join(f"{m} {n}" for m, n in spans.items())
+
+
 def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
-    """mAP and each attribution method's `score` against sparsity, one line per method."""
+    """mAP and each attribution method's `score` against the share of conv weights left,
+    one line per method: mean ± sd over seeds, the seed count in the title.
+
+    The first point of every line is the unpruned teacher (iteration 0).
+    """
+    if not (frame["stage"] == "prune_iterative").any():
+        raise FileNotFoundError("no iterative-pruning runs among the evaluated models")
     rows = unstructured_frame(frame)
     panels = ["map_class"] + [
         f"{m} {score}" for m in attribution_methods(rows) if f"{m} {score}" in rows
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    methods = _method_order("prune_iterative", rows["method"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
     for ax, col in zip(axes[0], panels, strict=True):
-        for method, group in rows.groupby("method"):
-            agg = group.groupby("iteration").agg(
-                sparsity=("sparsity", "mean"), mean=(col, "mean"), std=(col, "std")
+        for method in methods:
+            agg = (
+                rows[rows["method"] == method]
+                .groupby("iteration")
+                .agg(sparsity=("sparsity", "mean"), mean=(col, "mean"), std=(col, "std"))
             )
             ax.errorbar(
-                agg["sparsity"],
+                1 - agg["sparsity"],
                 agg["mean"],
                 yerr=agg["std"].fillna(0),
                 marker="o",
@@ -176,8 +220,12 @@ def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
                 label=method,
                 color=colour(method),
             )
-        ax.set(xlabel="sparsity (conv weights)", title=col.replace("map_class", "class mAP"))
+        remaining_weights_axis(ax, 1 - rows["sparsity"])
+        # titles are the tables' column names; the y label says what is better
+        ax.set(title=col.replace("map_class", "class mAP"), ylabel=score_label(col, sep="\n"))
     axes[0, 0].legend(fontsize=8)
+    seeds = _seeds_text(seeds_per_curve(frame))
+    fig.suptitle(f"Iterative unstructured pruning: {seeds}; 100% = the unpruned teacher")
     fig.tight_layout()
     return fig
 
@@ -316,21 +364,26 @@ def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) 
 
 
 def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
-    """Runs shown in the qualitative figure: the teacher, then for each stage's strongest
-    compression (smallest student, highest rate, last iteration) every method, first seed."""
+    """Runs shown in the qualitative figure, {row label: run}, in the order drawn.
+
+    The teacher, then for each stage's strongest compression (smallest student, highest
+    rate, last iteration) every method, the one without matching (KD, naive) before the
+    matched ones; each stage's first seed. A label is the method and the setting as the
+    study prints it: 'KD+SWA (x4)', 'naive (rate 0.7)', 'SWA (iteration 16)'.
+    """
     chosen = {}
-    seed = frame["seed"].min()
-    rows = frame[frame["seed"] == seed]
     for stage in STAGES:
         spec = STAGES.get(stage)
-        group = rows[rows["stage"] == stage]
+        group = frame[frame["stage"] == stage]
         if group.empty:
             continue
+        group = group[group["seed"] == group["seed"].min()]
         if spec.setting is not None:
             group = group[group[spec.setting] == group[spec.setting].max()]
-        for _, run in group.iterrows():
+        for method in _method_order(stage, group["method"]):
+            run = group[group["method"] == method].iloc[0]
             suffix = "" if spec.setting is None else f" ({spec.label(run[spec.setting])})"
-            chosen[f"{run['method']}{suffix}"] = run["run"]
+            chosen[f"{method}{suffix}"] = run["run"]
     return chosen
 
 
@@ -480,7 +533,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     README's tables made from a reference run's `all_runs.csv`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m attrlib.paper")
+    parser = argparse.ArgumentParser(
+        prog="python -m attrlib.paper",
+        description="Print the README tables of a finished study from its all_runs.csv.",
+    )
     parser.add_argument("command", choices=["readme"])
     parser.add_argument("all_runs", help="all_runs.csv written by the paper notebook")
     args = parser.parse_args(argv)

@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from PIL import Image
 
 from attrlib.data import MEAN, STD
 from attrlib.distributed import is_main
 from attrlib.io import write_atomic
+
+# What the figures call the study's attribution methods and scores. Every score here is
+# better when higher, and its axis says so; a plugin's method or score keeps its own name.
+ATTRIBUTION_NAMES = {"gradcam": "Grad-CAM", "ebp": "EBP", "lrp": "LRP", "rap": "RAP"}
+SCORE_NAMES = {
+    "map_class": "class mAP",
+    "map_sample": "per-sample mAP",
+    "f1": "F1",
+    "auc": "AUC",
+    "pointing": "pointing game",
+    "cosine_teacher": "cosine to teacher's map",
+    "auc_teacher": "AUC on teacher's top region",
+}
+SAVE_DPI = 150  # save_figure's resolution
+# side of one map in attribution_grid: about 1.5 saved pixels per pixel of a 96 px map, and
+# the default study's ten models stay under 1 MB of PNG (tests/test_plots.py)
+MAP_PANEL_INCHES = 1.0
+
+
+def score_label(column: str, sep: str = " ") -> str:
+    """Axis label of a score column ('map_class', 'gradcam auc'): its name and, for the
+    study's scores, that higher is better ('Grad-CAM AUC (higher is better)'); `sep` goes
+    between the two (a line break for a label too long for its axis)."""
+    method, _, score = column.rpartition(" ")
+    name = SCORE_NAMES.get(score, score)
+    if method:
+        name = f"{ATTRIBUTION_NAMES.get(method, method)} {name}"
+    return f"{name}{sep}(higher is better)" if score in SCORE_NAMES else name
 
 
 def denormalize(images: torch.Tensor) -> np.ndarray:
@@ -31,14 +62,18 @@ def plot_history(history: Sequence[dict], title: str = "") -> plt.Figure:
             epochs, [r[key] for r in history], marker="o", label=key.removeprefix("train_")
         )
     ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="s", ls="--", label="val loss")
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_loss.set(
+        xlabel="epoch", ylabel="loss (log scale, lower is better)", yscale="log", title="loss"
+    )
     ax_loss.legend(fontsize=8)
     for key, label in (("val_map_class", "class mAP"), ("val_map_sample", "per-sample mAP")):
         ax_map.plot(epochs, [r[key] for r in history], marker="o", label=label)
+    ylabel = "mAP (higher is better)"
     for key, label in shares.items():
         if key in history[0]:
             ax_map.plot(epochs, [r[key] for r in history], ls=":", color="k", label=label)
-    ax_map.set(xlabel="epoch", ylabel="mAP / share", ylim=(0, 1), title="validation")
+            ylabel = "mAP (higher is better), share"
+    ax_map.set(xlabel="epoch", ylabel=ylabel, ylim=(0, 1), title="validation")
     ax_map.legend(fontsize=8)
     if title:
         fig.suptitle(title)
@@ -70,14 +105,27 @@ def show_samples(
 
 
 def save_figure(fig: plt.Figure, path: str | Path, formats: Sequence[str] = ("png",)) -> None:
-    """Save a figure under `path` (suffix replaced per format); in a run of several
-    processes only rank 0 saves it."""
+    """Save a figure under `path` (suffix replaced per format) at `SAVE_DPI`; in a run of
+    several processes only rank 0 saves it.
+
+    PNGs are written as RGB: the figures are opaque, and matplotlib's alpha channel only
+    added a tenth to the bytes of the map grids.
+    """
     path = Path(path)
     if not is_main():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
-        fig.savefig(path.with_suffix(f".{fmt}"), dpi=150, bbox_inches="tight")
+        if fmt != "png":
+            fig.savefig(path.with_suffix(f".{fmt}"), dpi=SAVE_DPI, bbox_inches="tight")
+            continue
+        rendered = io.BytesIO()
+        fig.savefig(rendered, format="png", dpi=SAVE_DPI, bbox_inches="tight")
+        picture = Image.open(rendered).convert("RGB")
+        write_atomic(
+            path.with_suffix(".png"),
+            lambda tmp, picture=picture: picture.save(tmp, format="png", dpi=(SAVE_DPI, SAVE_DPI)),
+        )
 
 
 def figure_pixels(fig: plt.Figure) -> np.ndarray:
@@ -107,30 +155,60 @@ def attribution_grid(
     maps: dict[str, dict[str, torch.Tensor]],
     title: str = "",
 ) -> plt.Figure:
-    """Rows = models, columns = the image then each method's (H, W) map over it."""
+    """The image once, then one row per model of each method's (H, W) map over it.
+
+    Rows keep the order of `maps` and are labelled by its keys, so the caller decides what
+    comes first (the reference model, then each compression's baseline before its matched
+    models; see `attrlib.paper.qualitative_runs`). Maps are expected min-max normalised to
+    [0, 1] (`attrlib.metrics.normalize_maps`), which one colour bar under the maps shows.
+    The image is drawn beside the first row only: a copy per row showed nothing new and
+    took a sixth of the PNG's bytes.
+    """
     models = list(maps)
     methods = list(maps[models[0]])
-    picture = denormalize(image[None])[0]
+    picture = denormalize(image[None])[0]  # (H, W, 3)
+    side = MAP_PANEL_INCHES
+    # a map smaller than its saved panel is drawn as the pixels it has: smoothing them
+    # invents detail and costs a third of the bytes; a larger one is averaged down
+    upsampled = max(picture.shape[:2]) <= 0.9 * side * SAVE_DPI  # layout: ~0.93 of `side`
+    interpolation = "nearest" if upsampled else "antialiased"
     fig, axes = plt.subplots(
         len(models),
         len(methods) + 1,
-        figsize=(2.0 * (len(methods) + 1), 2.0 * len(models)),
+        figsize=(side * (len(methods) + 1) + 1.6, side * len(models) + 0.9),  # + labels, bar
         squeeze=False,
+        layout="constrained",  # leaves room for the row labels and the colour bar
     )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].imshow(picture, interpolation=interpolation)
+    axes[0, 0].set_title("image", fontsize=9)
+    for ax in axes[1:, 0]:
+        ax.axis("off")
+    overlay = None
+    labelled = min(1, len(methods))  # the row's first map, or the image when there is none
     for r, name in enumerate(models):
-        axes[r, 0].imshow(picture)
-        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+        # the label sits left of the row's first map, between the image and the maps
+        axes[r, labelled].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
         for c, method in enumerate(methods, start=1):
-            axes[r, c].imshow(picture)
-            axes[r, c].imshow(maps[name][method].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[r, c].imshow(picture, interpolation=interpolation)
+            overlay = axes[r, c].imshow(
+                maps[name][method].numpy(),
+                cmap="jet",
+                alpha=0.5,
+                vmin=0,
+                vmax=1,
+                interpolation=interpolation,
+            )
             if r == 0:
-                axes[r, c].set_title(method, fontsize=9)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+                axes[r, c].set_title(ATTRIBUTION_NAMES.get(method, method), fontsize=9)
+    if overlay is not None:  # blended with white at alpha 0.5, as over the image
+        bar = fig.colorbar(overlay, ax=axes[-1, 1:], location="bottom", aspect=40)
+        bar.set_label("attribution, min-max normalised per map", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -158,6 +236,146 @@ def auc_histograms(pairs, column: str = "auc", hue: str = "model") -> plt.Figure
             common_norm=False,
             legend=ax is axes[0, -1],
         )
-        ax.set_title(method)
+        ax.set_title(ATTRIBUTION_NAMES.get(method, method))
+        ax.set_xlabel(score_label(column, sep="\n"))
+        ax.set_ylabel("density of (image, class) pairs")
+    fig.tight_layout()
+    return fig
+
+
+def filter_counts(
+    before_widths: Sequence[int],
+    after_widths: Sequence[int],
+    names: Sequence[str] | None = None,
+    title: str = "",
+) -> plt.Figure:
+    """Filters (output channels) of each conv before and after structured pruning, as bars.
+
+    Args:
+        before_widths, after_widths: one filter count per conv, in forward order (a
+            `ModelConfig.widths`: a structurally pruned VGG is just another list of widths).
+        names: one label per conv; None = conv1, conv2, ...
+        title: put before the totals in the axes title.
+    Returns:
+        One axes with a pair of bars per conv (before in grey, after in colour; its two bar
+        containers in that order), each after-bar labelled with its count, and the kept
+        total and share in the title.
+    """
+    before, after = [int(w) for w in before_widths], [int(w) for w in after_widths]
+    if not before or len(before) != len(after):
+        raise ValueError(
+            f"need one count per conv before and after, got {len(before)} and {len(after)}"
+        )
+    names = [f"conv{i}" for i in range(1, len(before) + 1)] if names is None else list(names)
+    if len(names) != len(before):
+        raise ValueError(f"need {len(before)} names, one per conv, got {len(names)}")
+    x = np.arange(len(before))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(before) + 1.5), 3.4))
+    ax.bar(x - 0.2, before, width=0.4, color="0.75", label="before pruning")
+    kept = ax.bar(x + 0.2, after, width=0.4, color="tab:blue", label="after pruning")
+    ax.bar_label(kept, fontsize=7, padding=1)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("filters (output channels)")
+    ax.legend(fontsize=8)
+    totals = f"{sum(after)} of {sum(before)} filters kept ({sum(after) / sum(before):.0%})"
+    ax.set_title(f"{title}: {totals}" if title else totals, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def matching_map_figure(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    image: torch.Tensor,
+    layer: str,
+    matchings: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    title: str = "",
+) -> plt.Figure:
+    """The maps the matching loss compares for one image (3, H, W): teacher row, student row.
+
+    For each matching (None = every entry of `attrlib.distill.MATCHINGS`: EWA, SWA) both maps
+    are built as `attrlib.distill.CompressionObjective` builds them: at `layer`
+    (`attrlib.models.MATCHING_LAYERS`), for the teacher's top-1 class, with no channel
+    dropped (stochastic SWA's teacher map is the SWA map with a fresh random share of its
+    channel weights zeroed at every step). Both networks run in eval mode. Each column's
+    title holds `attrlib.distill.matching_loss` of the pair on this image, before lambda,
+    and names a map that is zero everywhere (a dead SWA map: no gradient, no agreement).
+    For display each map is upsampled to the image (bilinear, as
+    `attrlib.attribution.attribute`) and min-max normalised (`attrlib.metrics.normalize_maps`;
+    the loss L2-normalises instead, and both keep a map's shape) and drawn over the image by
+    `attribution_grid`.
+
+    Args:
+        teacher, student: networks with `matching_feature` / `matching_head`, on any device.
+        image: (3, H, W) normalised. classes: class names, for the title.
+    """
+    from attrlib.attribution import upsample
+    from attrlib.distill import MATCHINGS, matching_loss
+    from attrlib.metrics import normalize_maps
+    from attrlib.models import eval_mode
+
+    names = MATCHINGS.names() if matchings is None else list(matchings)
+    if not names:
+        raise ValueError("need at least one matching to draw")
+    raw: dict[str, dict[str, torch.Tensor]] = {"teacher": {}, "student": {}}
+    target = None  # (1,) the teacher's top-1 class, the class of both networks' maps
+    for label, model in (("teacher", teacher), ("student", student)):
+        images = image[None].to(next(model.parameters()).device)  # (1, 3, H, W)
+        with eval_mode(model):
+            with torch.no_grad():
+                feature = model.matching_feature(images, layer)  # (1, C, h, w)
+            for name in names:
+                with torch.enable_grad():  # SWA's weights: the head's gradient at the feature
+                    leaf = feature.detach().requires_grad_()
+                    logits = model.matching_head(leaf, layer)  # (1, K)
+                    if target is None:
+                        target = logits.detach().argmax(dim=1).cpu()
+                    maps = MATCHINGS.get(name)(leaf, logits, target.to(images.device))
+                raw[label][name] = maps.detach().cpu()  # (1, h, w)
+    size = tuple(image.shape[-2:])
+    drawn: dict[str, dict[str, torch.Tensor]] = {"teacher": {}, "student": {}}
+    for name in names:
+        loss = float(matching_loss(raw["student"][name], raw["teacher"][name]))
+        # an all-zero map normalises to zeros: a small loss then says nothing about agreement
+        dead = [label for label, maps in raw.items() if not maps[name].any()]
+        column = f"{name.upper()} · loss {loss:.3g}"
+        if dead:  # short: the title sits over one map panel
+            column += "\nboth maps = 0" if len(dead) == 2 else f"\n{dead[0]} map = 0"
+        for label, maps in raw.items():
+            drawn[label][column] = normalize_maps(upsample(maps[name], size))[0]  # (H, W)
+    h, w = raw["teacher"][names[0]].shape[-2:]
+    chosen = int(target)
+    name_of = classes[chosen] if classes is not None else str(chosen)
+    what = f"matching maps at the '{layer}' layer ({h}x{w}), teacher's top-1 class '{name_of}'"
+    return attribution_grid(image.cpu(), drawn, title=f"{title} · {what}" if title else what)
+
+
+def remaining_weights_axis(ax: plt.Axes, remaining: Sequence[float]) -> None:
+    """Log x axis of the share of conv weights left: 100% at the left, pruning to the right.
+
+    Each iteration keeps a fixed share of the weights, so on a log axis the iterations are
+    evenly spaced; on a linear sparsity axis the last ones crowd together near 1.
+    """
+    lowest = min(r for r in remaining if r > 0)
+    ax.set_xscale("log")
+    right = lowest / 1.5  # room for the last point's marker and a tick below it
+    ax.set_xlim(1.2, right)  # left > right: the axis decreases to the right
+    steps = [step * 10.0**-k for k in range(7) for step in (1, 0.5, 0.2)]  # 100%, 50%, ...
+    ticks = [t for t in steps if t >= right]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.xaxis.set_minor_locator(NullLocator())  # 60%, 70%, ... crowd the first decade
+    ax.set_xlabel("conv weights left, log scale (pruning →)")
+
+
+def schedule_curve(records: Sequence[dict], title: str = "") -> plt.Figure:
+    """One iterative-pruning schedule: each iteration's best val class mAP against the share
+    of conv weights it left (`records` as attrlib.stages.prune_iterative returns them)."""
+    remaining = [1 - r["sparsity"] for r in records]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(remaining, [r["best"]["val_map_class"] for r in records], marker="o")
+    remaining_weights_axis(ax, remaining)
+    ax.set(ylabel=f"val {score_label('map_class')}", title=title)
     fig.tight_layout()
     return fig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from attrlib import distributed
 from attrlib.config import (
     DistillConfig,
     EvalConfig,
+    Profile,
     PruneIterativeConfig,
     PruneOneShotConfig,
     TeacherConfig,
@@ -57,17 +59,17 @@ def loader_workers(wanted: int) -> int:
     return max(0, min(wanted, (os.cpu_count() or 1) - 1))
 
 
-def view_spec(profile: str) -> ViewSpec:
+def view_spec(profile: str | Profile) -> ViewSpec:
     """The profile's training views: RandomResizedCrop + flip, drawn per (epoch, image)."""
     prof = get_profile(profile)
     return ViewSpec(prof.input_size, prof.scale_min, prof.view_seed)
 
 
-def build_datasets(data_root: str, profile: str, classes: tuple[str, ...] | None = None):
+def build_datasets(data_root: str, profile: str | Profile, classes: tuple[str, ...] | None = None):
     """(train, val, classes) for a profile: train split as views, resized val split."""
     prof = get_profile(profile)
     classes = tuple(classes) if classes is not None else load_classes(data_root)
-    train = TrainViews(VOCClassification(data_root, "train", classes), view_spec(profile))
+    train = TrainViews(VOCClassification(data_root, "train", classes), view_spec(prof))
     val = VOCClassification(data_root, "val", classes, eval_transform(prof.input_size))
     return train, val, classes
 
@@ -124,19 +126,19 @@ def _fit_stage(
             seed=cfg.seed if seed is None else seed,
             device=stage_device(cfg.device),
             stage_config=stage_config or cfg.to_dict(),
-            num_workers=loader_workers(get_profile(cfg.profile).num_workers),
+            num_workers=loader_workers(cfg.profile_spec.num_workers),
             on_epoch_end=curves,
             progress=progress,
             view_offset=view_offset,
             stage=cfg.stage,
-            sync_bn=get_profile(cfg.profile).sync_bn,
+            sync_bn=cfg.profile_spec.sync_bn,
         )
 
 
 def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
     """Train (or resume, or reload when finished) the teacher; returns (model at best, metrics)."""
-    data = build_datasets(cfg.data_root, cfg.profile)
-    input_size = get_profile(cfg.profile).input_size
+    data = build_datasets(cfg.data_root, cfg.profile_spec)
+    input_size = cfg.profile_spec.input_size
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = vgg16_bn_voc(cfg.width_div, num_classes=len(data[2]), input_size=input_size)
     if cfg.weights:
@@ -148,15 +150,15 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
     """Distil a student (KD, optionally + EWA / SWA / stochastic SWA matching)."""
     teacher, classes = load_reference(cfg.teacher, cfg.data_root, stage_device(cfg.device))
     t_cfg = teacher.config
-    if t_cfg.input_size != get_profile(cfg.profile).input_size:
+    if t_cfg.input_size != cfg.profile_spec.input_size:
         raise ValueError(
             f"teacher {cfg.teacher} takes {t_cfg.input_size} px inputs, profile "
-            f"{cfg.profile!r} uses {get_profile(cfg.profile).input_size} px"
+            f"{cfg.profile!r} uses {cfg.profile_spec.input_size} px"
         )
     widths = tuple(max(1, w // cfg.width_div) for w in t_cfg.widths)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     student = build_model(dataclasses.replace(t_cfg, widths=widths))
-    data = build_datasets(cfg.data_root, cfg.profile, classes)
+    data = build_datasets(cfg.data_root, cfg.profile_spec, classes)
     objective = CompressionObjective(
         teacher,
         cfg.matching,
@@ -191,7 +193,7 @@ def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
     model, classes = load_reference(cfg.model, cfg.data_root, device)
     # a copy of its own: iterative pruning masks `model` in place, the reference stays intact
     reference = load_reference(cfg.teacher, cfg.data_root, device)[0]
-    data = build_datasets(cfg.data_root, cfg.profile, classes)
+    data = build_datasets(cfg.data_root, cfg.profile_spec, classes)
     epochs = cfg.recipe.epochs * getattr(cfg, "iterations", 1)
     targets = _targets(cfg, data[0], epochs) if cfg.matching != NO_MATCHING else None
     objective = CompressionObjective(
@@ -276,12 +278,15 @@ def evaluate_checkpoint(
     if summary_path.exists():
         stored = read_json(summary_path)
         if stored.get("config") == config:
+            if distributed.is_main():
+                print(f"{cfg.checkpoint}: evaluated before with this config ({summary_path})")
             return stored
         if not cfg.overwrite:
             raise FileExistsError(
                 f"{summary_path} was made with another config ({stored.get('config')}); "
                 "pass overwrite=True to replace it"
             )
+    t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = stage_device(cfg.device)
     model, classes = load_reference(cfg.checkpoint, cfg.data_root, device)
@@ -297,8 +302,21 @@ def evaluate_checkpoint(
     val = VOCClassification(cfg.data_root, "val", classes, eval_transform(size))
     loc = VOCLocalization(cfg.data_root, "val", classes, size=size)
     summary, table = evaluate_model(
-        model, val, loc, cfg.methods, reference, cfg.batch_size, device, progress
+        model,
+        val,
+        loc,
+        cfg.methods,
+        reference,
+        cfg.batch_size,
+        device,
+        progress,
+        label=cfg.checkpoint,
     )
+    if distributed.is_main():  # one line per model: which one, and what it scored
+        print(
+            f"{cfg.checkpoint}: class mAP {summary['map_class']:.4f}, "
+            f"{summary['pairs_scored']} pairs scored ({time.perf_counter() - t0:.1f}s)"
+        )
     summary = {"checkpoint": cfg.checkpoint, "teacher": cfg.teacher, **summary, "config": config}
     write_text_atomic(out_dir / "eval_pairs.csv", table.to_csv(index=False))
     write_json_atomic(summary_path, summary)
@@ -309,18 +327,24 @@ def evaluate_checkpoint(
 def targets_main(argv: Sequence[str] | None = None) -> Path:
     """`python -m attrlib.targets` (make targets): the profile's teacher store, written once."""
     parser = argparse.ArgumentParser(
-        prog="python -m attrlib.targets", description=__doc__.split("\n")[0]
+        prog="python -m attrlib.targets",
+        description="Compute the teacher's logits and matching maps for every training view "
+        "of the profile once (runs/<profile>/teacher/targets.pt), so that distillation and "
+        "pruning runs read them instead of running the teacher in each step.",
     )
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")
     parser.add_argument("--data-root", required=True, help="the VOC2012-layout folder")
-    parser.add_argument("--profile", default="default")
+    parser.add_argument("--profile", default="default", help="a name or a .yaml file")
+    parser.add_argument(
+        "--set", default="", help="overrides of the profile's fields: 'distill.epochs=10 ...'"
+    )
     parser.add_argument("--out", required=True, help="file to write (e.g. .../targets.pt)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    prof = get_profile(args.profile)
+    prof = get_profile(args.profile, args.set)
     device = resolve_device(args.device)
     teacher, classes = load_reference(args.teacher, args.data_root, device)
-    train = build_datasets(args.data_root, args.profile, classes)[0]
+    train = build_datasets(args.data_root, prof, classes)[0]
     store = build_targets(
         teacher,
         train,

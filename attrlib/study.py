@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from attrlib.config import (
     DistillConfig,
@@ -21,6 +22,7 @@ from attrlib.config import (
     PruneOneShotConfig,
     TeacherConfig,
     get_profile,
+    lab_dir,
 )
 from attrlib.registry import Registry
 
@@ -172,8 +174,8 @@ class Grid:
     iterative: tuple[str, ...]
 
 
-def grid(profile: str) -> Grid:
-    prof = get_profile(profile)
+def grid(profile: str, overrides: str | Sequence[str] = ()) -> Grid:
+    prof = get_profile(profile, overrides)
     return Grid(
         prof.seeds,
         prof.student_width_divs,
@@ -184,9 +186,21 @@ def grid(profile: str) -> Grid:
     )
 
 
-def makefile_grid(profile: str) -> str:
+def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
     """The grid as Makefile assignments (`make` includes it)."""
-    g, prof = grid(profile), get_profile(profile)
+    g, prof = grid(profile, overrides), get_profile(profile, overrides)
+    for stage, words in (
+        ("distill", g.distill),
+        ("oneshot", g.oneshot),
+        ("iterative", g.iterative),
+    ):
+        for word in words:
+            if word not in COMPRESSION:  # also catches a plugin's word without its module
+                raise ValueError(
+                    f"profile {profile!r}: {stage}_methods: unknown method {word!r}; "
+                    f"valid: {', '.join(COMPRESSION.names())} (a plugin's words need the "
+                    "profile's `plugins` to list its module)"
+                )
     lines = [
         f"GRID_SEEDS := {' '.join(map(str, g.seeds))}",
         f"DISTILL_WIDTHS := {' '.join(map(str, g.widths))}",
@@ -202,13 +216,65 @@ def makefile_grid(profile: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attrlib.study", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m attrlib.study",
+        description="Print a profile's grid (the runs `make all` starts) as Makefile "
+        "assignments; make includes them.",
+    )
     parser.add_argument("command", choices=["grid"])
-    parser.add_argument("profile")
+    parser.add_argument("profile", help="smoke, default, voc or the path of a .yaml file")
+    parser.add_argument("--set", default="", help="overrides: 'seeds=[0] distill.epochs=10'")
     args = parser.parse_args(argv)
-    sys.stdout.write(makefile_grid(args.profile))
+    try:
+        text = makefile_grid(args.profile, args.set)
+    except (KeyError, ValueError, ModuleNotFoundError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def runs_folder(profile: str, overrides: str | Sequence[str] = (), runs_dir: str = "") -> str:
+    """`runs_dir`, or "" -> the profile's lab folder (runs/lab/<name>, notebooks' own runs)."""
+    return runs_dir or lab_dir(get_profile(profile, overrides))
+
+
+def checkpoints_under(runs_dir: str) -> list[str]:
+    """Every model a study folder holds: its best.pt files, sorted, the evaluation's aside."""
+    root = Path(runs_dir)
+    found = sorted(p for p in root.rglob("best.pt") if "evaluate" not in p.relative_to(root).parts)
+    return [str(p) for p in found]
+
+
+def evaluation_inputs(
+    profile: str,
+    overrides: str | Sequence[str],
+    runs_dir: str,
+    checkpoints: Sequence[str],
+    teacher: str,
+    out_dir: str,
+) -> tuple[str, list[str], str, str]:
+    """Notebook 05's (runs_dir, checkpoints, teacher, out_dir), empty values resolved: the
+    lab folder, every best.pt under it, "auto" -> its teacher, its evaluate/ folder."""
+    runs_dir = runs_folder(profile, overrides, runs_dir)
+    checkpoints = list(checkpoints) or checkpoints_under(runs_dir)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"no best.pt under {runs_dir}: run notebooks 01-04 first (or set runs_dir to a "
+            "study of `make all`, e.g. runs/default)"
+        )
+    if teacher == "auto":
+        teacher = f"{runs_dir}/teacher/best.pt"
+    return runs_dir, checkpoints, teacher, out_dir or f"{runs_dir}/evaluate"
+
+
+def paper_inputs(
+    profile: str, overrides: str | Sequence[str], runs_dir: str, out_dir: str
+) -> tuple[str, str]:
+    """Notebook 06's (runs_dir, out_dir): the lab folder and its paper/ folder by default."""
+    runs_dir = runs_folder(profile, overrides, runs_dir)
+    return runs_dir, out_dir or f"{runs_dir}/paper"

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+
+from attrlib.progress import progress_bar
 
 VERSION = 4  # bump whenever the rendered images change
 SYNTH_CLASSES: tuple[str, ...] = (
@@ -455,7 +456,7 @@ def generate(
     total = n_train + n_val
     workers = max(1, min(workers or os.cpu_count() or 1, total))
     jobs = [(str(voc), i, seed, image_size) for i in range(total)]
-    bar = tqdm(total=total, desc="synthvoc", unit="img", disable=not progress)
+    bar = progress_bar(total=total, desc="synthvoc", unit="img", enabled=progress)
     if workers == 1:
         results = []
         for job in jobs:
@@ -479,6 +480,18 @@ def generate(
     return voc
 
 
+def ensure_generated(data_root: str | Path, prof, seed: int = 0) -> Path | None:
+    """Generate profile `prof`'s data set when `data_root` is its folder (where `make data`
+    puts it, the configs' default) and it is not there yet, as `make data` would; a no-op
+    for any other folder (real data, a user's tree). Returns the folder it checked."""
+    from attrlib.config import synthetic_root
+
+    if prof.synth is None or Path(data_root) != Path(synthetic_root(prof)):
+        return None
+    spec = prof.synth
+    return generate(Path(data_root).parents[1], spec.n_train, spec.n_val, spec.image_size, seed)
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """CLI: generate the synthetic set of a profile (`python -m attrlib.synthvoc`)."""
     from attrlib.config import get_profile
@@ -487,15 +500,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
         prog="python -m attrlib.synthvoc", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--root", default="data/synthvoc", help="folder that will hold VOCdevkit/")
-    parser.add_argument("--profile", default="default")
+    parser.add_argument("--profile", default="default", help="a name or a .yaml file")
+    parser.add_argument("--set", default="", help="overrides: 'synth.n_train=500 ...'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="default: all CPUs")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        spec = get_profile(args.profile).synth
+        spec = get_profile(args.profile, args.set).synth
     except KeyError as e:
         parser.error(str(e.args[0]))
+    except ValueError as e:  # attrlib.profiles.ProfileError
+        parser.error(str(e))
     if spec is None:
         parser.error(f"profile {args.profile!r} has no synthetic data spec (it reads real VOC)")
     voc = generate(

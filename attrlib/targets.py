@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from attrlib.distill import teacher_outputs
 from attrlib.io import as_stored, save_torch_atomic
+from attrlib.progress import progress_bar
 from attrlib.views import TrainViews, ViewKeys
 
 STORE_VERSION = 1
@@ -141,7 +141,7 @@ def build_targets(
     n = len(dataset)
     logits = None
     maps: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=epochs * n, desc="teacher targets", unit="view", disable=not progress)
+    bar = progress_bar(total=epochs * n, desc="teacher targets", unit="view", enabled=progress)
     for epoch in range(epochs):
         loader = DataLoader(dataset, batch_size, shuffle=False, collate_fn=dataset.collate(epoch))
         for images, _, indices in loader:

@@ -132,7 +132,9 @@ def fold(log: str | Path, out: str | Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m attrlib.timing", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fold_cmd = sub.add_parser("fold", help="write timings.csv from a timings log")
     fold_cmd.add_argument("log", type=Path)

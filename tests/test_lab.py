@@ -1,5 +1,6 @@
 """`make lab`: JupyterLab from the project's venv opens 01_teacher in a real browser and its
-kernel (the venv's python) runs the notebook's first cells.
+kernel (the venv's python) runs the notebook's first cells; kernels the server starts (in
+notebooks/) run every notebook whole, in order, as Run All does, on a smoke-sized profile.
 
 Needs the `[lab]` extra (`make lab-install`; `make test-slow` installs it) and Debian's
 `chromium` and `chromium-driver`. Without chromium the test skips, unless CI or
@@ -55,6 +56,7 @@ LAB_SETTINGS = {
 STARTUP_TIMEOUT = 60  # s
 PAGE_TIMEOUT = 60  # s
 EXECUTE_TIMEOUT = 60  # s; the imports load torch
+RUN_ALL_TIMEOUT = 600  # s, one cell of the smoke study (training, evaluation)
 
 
 def _require_browser() -> None:
@@ -323,3 +325,65 @@ def test_lab_opens_the_teacher_notebook_on_the_project_kernel(tmp_path):
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/api/status", timeout=5)
     assert path.read_bytes() == stored, f"{NOTEBOOK} was modified by opening it"
+
+
+@contextlib.contextmanager
+def _kernel_of(lab: Lab, notebook: str, timeout: float) -> Iterator[tuple[object, str]]:
+    """A session the server starts for `notebook`: (channels socket, channel id)."""
+    import websocket
+
+    session = lab.api(
+        "POST",
+        "/api/sessions",
+        {"path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "python3"}},
+    )
+    channel = uuid.uuid4().hex
+    ws = websocket.create_connection(
+        f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{session['kernel']['id']}/channels"
+        f"?session_id={channel}&token={lab.token}",
+        timeout=timeout,
+    )
+    try:
+        yield ws, channel
+    finally:
+        ws.close()
+        lab.api("DELETE", f"/api/sessions/{session['id']}")
+
+
+@pytest.mark.slow
+def test_run_all_of_every_notebook_from_the_lab_servers_folder(tmp_path):
+    """Opened in `make lab`, each notebook runs whole with its defaults: only the profile is
+    changed (a copy of smoke under a name of its own, so its data and runs/lab folder are
+    this test's), the way a user edits the parameters cell; 01 generates the data."""
+    name = f"labtest-{uuid.uuid4().hex[:8]}"
+    profile = tmp_path / f"{name}.yaml"
+    shutil.copyfile(ROOT / "attrlib" / "profiles" / "smoke.yaml", profile)
+    made = [ROOT / "runs" / "lab" / name, ROOT / "data" / f"synthvoc-{name}"]
+    try:
+        with running_lab(tmp_path) as lab:
+            for path in sorted(NOTEBOOKS.glob("0*.ipynb")):
+                nb = nbformat.read(path, as_version=4)
+                with _kernel_of(lab, path.name, RUN_ALL_TIMEOUT) as (ws, channel):
+                    reply, stdout = _execute(ws, channel, "import os; print(os.getcwd())")
+                    assert reply["status"] == "ok" and stdout.strip() == str(NOTEBOOKS)
+                    for cell in nb.cells:
+                        if cell.cell_type != "code":
+                            continue
+                        source = cell.source
+                        if "parameters" in cell.metadata.get("tags", []):
+                            source += f"\nprofile = {str(profile)!r}"
+                        reply, _ = _execute(ws, channel, source)
+                        assert reply["status"] == "ok", (
+                            f"{path.name}:\n{source}\n-> {reply.get('ename')}: "
+                            f"{reply.get('evalue')}\n{lab.log_tail()}"
+                        )
+        lab_runs = made[0]
+        assert (lab_runs / "teacher" / "best.pt").is_file()
+        assert (lab_runs / "distill" / "x2-kd-s0" / "best.pt").is_file()
+        assert (lab_runs / "prune_oneshot" / "p0.3-naive-s0" / "best.pt").is_file()
+        assert (lab_runs / "teacher" / "eval.json").is_file()
+        assert (lab_runs / "paper" / "all_runs.csv").is_file()
+        assert not (ROOT / "runs" / name).exists()  # nothing among make's studies
+    finally:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)

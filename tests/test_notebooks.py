@@ -42,8 +42,12 @@ NOTEBOOK_ONLY = {
     "02_distill": {"plugins"},
     "03_prune_oneshot": {"plugins"},
     "04_prune_iterative": {"plugins"},
-    "05_evaluate": {"out_dir", "grid_models", "plugins"},
+    "05_evaluate": {"out_dir", "runs_dir", "grid_models", "plugins"},
 }
+# Defaults a notebook resolves itself (attrlib.study.evaluation_inputs): 05 evaluates every
+# best.pt under runs_dir ([]) against its teacher ("auto"), where the config takes one
+# checkpoint and no reference.
+OWN_DEFAULTS = {"05_evaluate": {"checkpoints": [], "teacher": "auto"}}
 
 
 def _parameters(name: str) -> list[str]:
@@ -74,7 +78,7 @@ def test_stored_without_outputs(path):
 def test_parameters_match_config_fields(name):
     cls, renamed = CONFIGS[name]
     if cls is None:  # the paper notebook only reads results
-        expected = {"profile", "runs_dir", "out_dir", "plugins"}
+        expected = {"profile", "overrides", "runs_dir", "out_dir", "plugins"}
     else:
         fields = [f.name for f in dataclasses.fields(cls) if f.init]
         expected = {renamed.get(f, f) for f in fields} | NOTEBOOK_ONLY.get(name, set())
@@ -95,6 +99,9 @@ def test_parameter_defaults_equal_config_defaults(name):
         if param in NOTEBOOK_ONLY.get(name, ()):
             continue
         value = ast.literal_eval(defaults[param])
+        if param in OWN_DEFAULTS.get(name, {}):
+            assert value == OWN_DEFAULTS[name][param], f"{name}: {param} = {value!r}"
+            continue
         expected = f.default
         if param != f.name:  # a list of the config's values: one run per entry
             expected = [expected]

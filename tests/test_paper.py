@@ -16,10 +16,12 @@ from attrlib.paper import (
     readme_tables,
     save_table,
     schedule_runs,
+    seeds_per_curve,
     showcase_pair,
     summary_text,
+    unstructured_curves,
 )
-from attrlib.plots import figure_pixels, save_animation
+from attrlib.plots import attribution_grid, figure_pixels, save_animation
 
 
 def _run(root, rel, config, auc_shift, seed, history=None):
@@ -247,3 +249,118 @@ def test_stage_comes_from_config_json_when_recorded(runs):
     config.write_text(json.dumps({**json.loads(config.read_text()), "stage": "teacher"}))
     frame = collect(runs, require=["teacher", "distill"])
     assert frame.loc[frame["run"] == "distill/x2-kd-s0", "stage"].item() == "teacher"
+
+
+def _iterative_frame(seeds: dict[str, tuple[int, ...]], iterations: int = 16) -> pd.DataFrame:
+    """The teacher and an iterative schedule per method (0.8 of the weights kept each
+    iteration), with `seeds[method]` the seeds each method ran."""
+    rows = [{"stage": "teacher", "run": "teacher", "method": "teacher", "seed": 0, "sparsity": 0.0}]
+    for method, method_seeds in seeds.items():
+        word = method.lower()
+        for seed in method_seeds:
+            for it in range(1, iterations + 1):
+                rows.append(
+                    {
+                        "stage": "prune_iterative",
+                        "run": f"prune_iterative/{word}-s{seed}/iter_{it:02d}",
+                        "method": method,
+                        "seed": seed,
+                        "iteration": float(it),
+                        "sparsity": 1 - 0.8**it,
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    rng = np.random.default_rng(0)
+    for col in ("map_class", "gradcam auc", "gradcam pointing", "gradcam cosine_teacher"):
+        frame[col] = rng.uniform(0.5, 1.0, len(frame))
+    return frame
+
+
+@pytest.mark.parametrize("score", ["auc", "pointing", "cosine_teacher"])
+def test_unstructured_curves_have_a_log_axis_of_the_weights_left(score):
+    fig = unstructured_curves(_iterative_frame({"SWA": (0, 1, 2), "naive": (0, 1, 2)}), score)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["class mAP", f"gradcam {score}"]
+    for ax in axes:
+        assert ax.get_xscale() == "log"
+        assert ax.xaxis_inverted()  # 100% at the left, pruning to the right
+        assert "weights left" in ax.get_xlabel()
+        assert "(higher is better)" in ax.get_ylabel()
+        left = ax.lines[0].get_xdata()  # the first method's points, teacher first
+        assert left[0] == 1.0 and left[-1] == pytest.approx(0.8**16)  # 2.8% left
+        assert min(ax.get_xlim()) < left[-1] < max(ax.get_xlim())
+    assert axes[0].get_ylabel().startswith("class mAP")
+    assert axes[1].get_ylabel().startswith("Grad-CAM")
+    # the method without matching first, whatever the frame's order
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["naive", "SWA"]
+    assert "mean ± sd over 3 seeds" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_unstructured_curves_count_the_seeds_in_the_frame():
+    def title(frame):
+        fig = unstructured_curves(frame)
+        plt.close(fig)
+        return fig._suptitle.get_text()
+
+    assert "mean ± sd over 2 seeds" in title(_iterative_frame({"naive": (0, 1), "SWA": (3, 4)}))
+    assert "over seeds: naive 3, SWA 1" in title(
+        _iterative_frame({"naive": (0, 1, 2), "SWA": (0,)})
+    )
+    assert "one seed (no spread)" in title(_iterative_frame({"naive": (0,), "SWA": (0,)}))
+    # seed 2 stopped after iteration 10: its last points average two seeds
+    frame = _iterative_frame({"naive": (0, 1, 2), "SWA": (0, 1, 2)})
+    frame = frame[~((frame["seed"] == 2) & (frame["iteration"] > 10))]
+    assert seeds_per_curve(frame) == {"naive": (2, 3), "SWA": (2, 3)}
+    assert "mean ± sd over 2-3 seeds" in title(frame)
+
+
+def _study_frame() -> pd.DataFrame:
+    """A two-seed study of every stage, rows sorted by run folder as `collect` reads them."""
+    rows = [{"stage": "teacher", "run": "teacher", "method": "teacher", "seed": 0}]
+    for seed in (0, 1):
+        for width in (2, 4):
+            for word, method in (("kd", "KD"), ("ewa", "KD+EWA"), ("swa", "KD+SWA")):
+                rows.append(
+                    {"stage": "distill", "run": f"distill/x{width}-{word}-s{seed}"}
+                    | {"method": method, "seed": seed, "width_div": float(width)}
+                )
+        for rate in (0.3, 0.7):
+            for word, method in (("naive", "naive"), ("sswa", "stochastic SWA"), ("swa", "SWA")):
+                rows.append(
+                    {"stage": "prune_oneshot", "run": f"prune_oneshot/p{rate}-{word}-s{seed}"}
+                    | {"method": method, "seed": seed, "rate": rate}
+                )
+        for word, method in (("naive", "naive"), ("swa", "SWA")):
+            for it in (1, 16):
+                rows.append(
+                    {
+                        "stage": "prune_iterative",
+                        "run": f"prune_iterative/{word}-s{seed}/iter_{it:02d}",
+                    }
+                    | {"method": method, "seed": seed, "iteration": float(it)}
+                )
+    return pd.DataFrame(rows).sort_values("run", ignore_index=True)
+
+
+def test_qualitative_grid_rows_teacher_then_baselines_before_matching():
+    chosen = qualitative_runs(_study_frame())
+    expected = [
+        "teacher",
+        "KD (x4)",
+        "KD+EWA (x4)",
+        "KD+SWA (x4)",
+        "naive (rate 0.7)",
+        "SWA (rate 0.7)",
+        "stochastic SWA (rate 0.7)",
+        "naive (iteration 16)",
+        "SWA (iteration 16)",
+    ]
+    assert list(chosen) == expected
+    assert chosen["KD+EWA (x4)"] == "distill/x4-ewa-s0"  # each stage's first seed
+    assert chosen["SWA (iteration 16)"] == "prune_iterative/swa-s0/iter_16"
+    maps = {label: {"gradcam": torch.rand(8, 8), "rap": torch.rand(8, 8)} for label in chosen}
+    fig = attribution_grid(torch.zeros(3, 8, 8), maps)
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == expected
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+    plt.close(fig)

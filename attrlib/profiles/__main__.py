@@ -1,0 +1,5 @@
+import sys
+
+from attrlib.profiles import main
+
+sys.exit(main())
