@@ -28,6 +28,23 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(root, **SYNTH_PARAMS, workers=1, progress=False)
 
 
+def write_notebook(path: Path, *cells: str) -> Path:
+    """A notebook at `path`: a parameters cell (out = 'x', n = 1), then one code cell each."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("out = 'x'\nn = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+    return path
+
+
 def copy_voc_tree(voc: Path, dest: Path) -> Path:
     """Copy a VOC2012 folder to `dest/VOCdevkit/VOC2012` and return the copy's VOC2012 path."""
     target = dest / "VOCdevkit" / "VOC2012"

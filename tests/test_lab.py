@@ -268,23 +268,34 @@ def _check_page(lab: Lab, tmp_path: Path, title: str, kernel: str) -> None:
         shutil.copyfile(tmp_path / "lab.png", SCREENSHOT)
 
 
-def _check_kernel(lab: Lab, nb: nbformat.NotebookNode) -> None:
+@contextlib.contextmanager
+def _kernel_of(
+    lab: Lab, notebook: str, timeout: float, kernel: str = "python3"
+) -> Iterator[tuple[object, str]]:
+    """A session the server starts for `notebook`: (channels socket, channel id)."""
     import websocket
 
-    name = nb.metadata.kernelspec.name
     session = lab.api(
         "POST",
         "/api/sessions",
-        {"path": NOTEBOOK, "type": "notebook", "name": NOTEBOOK, "kernel": {"name": name}},
+        {"path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": kernel}},
     )
-    kernel_id = session["kernel"]["id"]
     channel = uuid.uuid4().hex
     ws = websocket.create_connection(
-        f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{kernel_id}/channels"
+        f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{session['kernel']['id']}/channels"
         f"?session_id={channel}&token={lab.token}",
-        timeout=EXECUTE_TIMEOUT,
+        timeout=timeout,
     )
     try:
+        yield ws, channel
+    finally:
+        ws.close()
+        lab.api("DELETE", f"/api/sessions/{session['id']}")
+
+
+def _check_kernel(lab: Lab, nb: nbformat.NotebookNode) -> None:
+    name = nb.metadata.kernelspec.name
+    with _kernel_of(lab, NOTEBOOK, EXECUTE_TIMEOUT, name) as (ws, channel):
         reply, stdout = _execute(
             ws, channel, "import sys; print(sys.executable); print(sys.prefix)"
         )
@@ -298,9 +309,6 @@ def _check_kernel(lab: Lab, nb: nbformat.NotebookNode) -> None:
             assert reply["status"] == "ok", (
                 f"{source}\n-> {reply.get('ename')}: {reply.get('evalue')}"
             )
-    finally:
-        ws.close()
-        lab.api("DELETE", f"/api/sessions/{session['id']}")
     assert lab.api("GET", "/api/sessions") == []
     assert lab.api("GET", "/api/kernels") == []
 
@@ -327,29 +335,6 @@ def test_lab_opens_the_teacher_notebook_on_the_project_kernel(tmp_path):
     assert path.read_bytes() == stored, f"{NOTEBOOK} was modified by opening it"
 
 
-@contextlib.contextmanager
-def _kernel_of(lab: Lab, notebook: str, timeout: float) -> Iterator[tuple[object, str]]:
-    """A session the server starts for `notebook`: (channels socket, channel id)."""
-    import websocket
-
-    session = lab.api(
-        "POST",
-        "/api/sessions",
-        {"path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "python3"}},
-    )
-    channel = uuid.uuid4().hex
-    ws = websocket.create_connection(
-        f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{session['kernel']['id']}/channels"
-        f"?session_id={channel}&token={lab.token}",
-        timeout=timeout,
-    )
-    try:
-        yield ws, channel
-    finally:
-        ws.close()
-        lab.api("DELETE", f"/api/sessions/{session['id']}")
-
-
 @pytest.mark.slow
 def test_run_all_of_every_notebook_from_the_lab_servers_folder(tmp_path):
     """Opened in `make lab`, each notebook runs whole with its defaults: only the profile is
@@ -363,7 +348,8 @@ def test_run_all_of_every_notebook_from_the_lab_servers_folder(tmp_path):
         with running_lab(tmp_path) as lab:
             for path in sorted(NOTEBOOKS.glob("0*.ipynb")):
                 nb = nbformat.read(path, as_version=4)
-                with _kernel_of(lab, path.name, RUN_ALL_TIMEOUT) as (ws, channel):
+                kernel = nb.metadata.kernelspec.name
+                with _kernel_of(lab, path.name, RUN_ALL_TIMEOUT, kernel) as (ws, channel):
                     reply, stdout = _execute(ws, channel, "import os; print(os.getcwd())")
                     assert reply["status"] == "ok" and stdout.strip() == str(NOTEBOOKS)
                     for cell in nb.cells:

@@ -18,6 +18,7 @@ from attrlib.config import EvalConfig, get_profile
 from attrlib.nbrun import _RunLines, _worth_showing, run_name
 from attrlib.progress import interactive, progress_bar
 from attrlib.stages import evaluate_checkpoint
+from tests.conftest import write_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -26,20 +27,6 @@ NOTEBOOKS = ROOT / "notebooks"
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
-
-
-def _notebook(path: Path, *cells: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("out = 'x'")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
 
 
 def _nbrun(notebook: Path, output: Path, *args: str) -> subprocess.CompletedProcess:
@@ -138,7 +125,7 @@ def teacher_run(synth_root, tmp_path_factory):
     return done.stdout, nbformat.read(executed, as_version=4), out_dir
 
 
-def test_training_leaves_one_line_per_epoch_in_the_notebook(teacher_run):
+def test_training_leaves_one_line_per_epoch_in_thewrite_notebook(teacher_run):
     """No progress bar redraws in the executed notebook: the epochs' lines and the
     notebook's own summary line."""
     _, nb, _ = teacher_run
@@ -193,7 +180,7 @@ def test_a_clean_shutdown_does_not_interrupt_the_kernel(tmp_path):
     records any interrupt; the error itself appears only when the SIGINT meets the kernel
     inside a request, which is a race."""
     marker = tmp_path / "interrupted"
-    nb = _notebook(
+    nb = write_notebook(
         tmp_path / "idle.ipynb",
         "get_ipython().kernel.saved_sigint_handler = (\n"
         "    lambda signum, frame: open(out, 'w').write('SIGINT')\n"
@@ -206,7 +193,9 @@ def test_a_clean_shutdown_does_not_interrupt_the_kernel(tmp_path):
 
 
 def test_a_failing_cell_still_shows_its_error(tmp_path):
-    nb = _notebook(tmp_path / "fails.ipynb", "print('before')", "raise ValueError('no such run')")
+    nb = write_notebook(
+        tmp_path / "fails.ipynb", "print('before')", "raise ValueError('no such run')"
+    )
     done = _nbrun(nb, tmp_path / "runs" / "bad" / "fails.ipynb")
     assert done.returncode != 0
     lines = done.stdout.splitlines()

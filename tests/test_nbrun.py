@@ -9,26 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from attrlib.nbrun import parse_value
+from tests.conftest import write_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _notebook(path: Path, *cells: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("out = 'x'\nn = 1")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, path)
-    return path
 
 
 def _run(*args: str, **kw) -> subprocess.Popen:
@@ -62,7 +48,7 @@ def test_values_are_read_like_papermill():
 
 
 def test_cli_runs_with_p_and_y_and_refuses_a_misspelling(tmp_path):
-    nb = _notebook(tmp_path / "nb.ipynb", "open(out, 'w').write(repr(n))")
+    nb = write_notebook(tmp_path / "nb.ipynb", "open(out, 'w').write(repr(n))")
     target = tmp_path / "result.txt"
     proc = _run(str(nb), str(tmp_path / "ran.ipynb"), "-p", "out", str(target), "-y", "n: [1, 2]")
     assert proc.wait(120) == 0, proc.stdout.read()
@@ -83,7 +69,7 @@ def test_killing_the_runner_kills_its_kernel_at_once(tmp_path, signum):
     """A signal to the runner alone: its kernel stops writing within a fraction of a second,
     and no KeyboardInterrupt of the kernel's reaches the log."""
     beat = tmp_path / "beat"
-    nb = _notebook(
+    nb = write_notebook(
         tmp_path / "loop.ipynb",
         "import os, time\n"
         "open(out + '.pid', 'w').write(str(os.getpid()))\n"
