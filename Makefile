@@ -1,5 +1,5 @@
 # Attribution-preserving compression study. `make help` lists every target and variable.
-#   make all PROFILE=smoke   # the whole study in about two minutes (tiny networks)
+#   make all PROFILE=smoke   # the whole study in about a minute (tiny networks)
 #   make all                 # the default study (about 100 min on 2 cores)
 #   make test                # the test suite
 

@@ -145,18 +145,41 @@ def execute(
     progress_bar: bool = False,
     cwd: str | Path | None = None,
 ) -> None:
-    """Check `parameters` against `notebook`, then execute it into `output` (papermill)."""
+    """Check `parameters` against `notebook`, then execute it into `output` (papermill).
+
+    With `log_output`, what the kernel prints (stdout, stderr) goes to the "papermill" logger
+    as it comes; what a cell displays (tables, figures) stays in the executed notebook, where
+    it reads better than as text in a make log.
+    """
     parameters = parameters or {}
     check_parameters(notebook, parameters)
+    streams = (
+        {"stdout_file": _LogStream(logging.INFO), "stderr_file": _LogStream(logging.WARNING)}
+        if log_output
+        else {}
+    )
     pm.execute_notebook(
         str(notebook),
         str(output),
         parameters=parameters,
-        log_output=log_output,
         progress_bar=progress_bar,
         cwd=None if cwd is None else str(cwd),
         kernel_manager_class=BoundKernelManager,
+        **streams,
     )
+
+
+class _LogStream:
+    """A file papermill writes a kernel stream to, relayed to its logger at `level`."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def write(self, text: str) -> None:
+        logging.getLogger("papermill").log(self.level, text)
+
+    def flush(self) -> None:
+        pass
 
 
 def run_name(output: str | Path, rank: str | None = None) -> str:

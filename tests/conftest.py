@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -13,6 +14,15 @@ from attrlib.synthvoc import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTH_PARAMS = {"n_train": 24, "n_val": 8, "image_size": 48, "seed": 0}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_make():
+    """Tests run make as a user does; under `make test` the parent's jobserver flags would
+    reach the child makes and add a jobserver warning to the output some tests read."""
+    saved = {k: os.environ.pop(k) for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL") if k in os.environ}
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

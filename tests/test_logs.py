@@ -152,6 +152,8 @@ def test_the_terminal_names_the_run_and_shows_no_error(teacher_run):
     assert not [line for line in lines if "ERROR" in line or "KeyboardInterrupt" in line]
     assert "without encryption" not in terminal
     assert "Executing Cell" not in terminal and "Ending Cell" not in terminal
+    # what a cell displays (the config's repr, tables, figures) stays in the notebook
+    assert "TeacherConfig(" not in terminal
 
 
 def test_the_evaluation_names_each_model(teacher_run, synth_root, tmp_path, capsys):
