@@ -163,15 +163,19 @@ timings: | $(STAMP)  ## fold the per-stage wall times into runs/<name>/timings.c
 	$(FOLD_TIMINGS)
 
 # The reference run's tables and timings, kept under version control in docs/results/<p>/.
+# Its figures that the README shows go to docs/figures/<name>/.
 RESULTS := docs/results/$(NAME)
-RESULT_FILES := $(RUNS)/paper/all_runs.csv $(RUNS)/paper/summary.md $(RUNS)/timings.csv
-results:  ## copy a finished study's tables and timings into docs/results/<name>/
-	@missing=0; for f in $(RESULT_FILES); do \
+RESULT_FIGURES_DIR := docs/figures/$(NAME)
+RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv summary.md) $(RUNS)/timings.csv
+RESULT_FIGURES := $(addprefix $(RUNS)/paper/,forest.png replicates_gradcam_auc.png)
+results:  ## copy a finished study's tables and timings into docs/results/<name>/, its figures into docs/figures/<name>/
+	@missing=0; for f in $(RESULT_FILES) $(RESULT_FIGURES); do \
 		[ -f "$$f" ] || { echo "make results: $$f is missing" >&2; missing=1; }; \
 	done; \
 	[ $$missing = 0 ] || { echo "make results: run \`make all PROFILE=$(PROFILE)$(if $(SET), SET='$(SET)')\` first" >&2; exit 1; }
-	@mkdir -p $(RESULTS)
+	@mkdir -p $(RESULTS) $(RESULT_FIGURES_DIR)
 	cp $(RESULT_FILES) $(RESULTS)/
+	cp $(RESULT_FIGURES) $(RESULT_FIGURES_DIR)/
 
 define HELP_VARIABLES
 Variables (make VAR=value ...):

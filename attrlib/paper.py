@@ -1,8 +1,8 @@
 """The paper's tables and figures, built from every `eval.json` under a profile's runs folder.
 
 Nothing is hard-coded: a run is described by its `config.json` (stage, width, rate, matching,
-seed) and scored by its `eval.json`. Tables give mean ± std over seeds; a paired test over
-the same (image, class) pairs tells which naive-vs-matching differences are real.
+seed) and scored by its `eval.json`. Tables give mean ± std over replicates (teacher, seed);
+attrlib.effects says which matched-vs-baseline differences hold over them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from attrlib.plots import (
     save_animation,
     score_label,
 )
-from attrlib.study import NO_MATCHING, STAGES, colour, method_label, method_labels
+from attrlib.study import NO_MATCHING, STAGES, colour, method_label, method_labels, method_order
 
 SCORES = ("auc", "pointing", "cosine_teacher", "auc_teacher")
 LOCALIZATION_SCORES = ("auc", "pointing")  # beside them: agreement with the teacher
@@ -51,14 +51,6 @@ def _baselines() -> set[str]:
     return {method_label(s, {"matching": NO_MATCHING}) for s in STAGES if STAGES.get(s).baseline}
 
 
-def _method_order(stage: str, labels: Sequence[str]) -> list[str]:
-    """The distinct `labels` of a stage's runs in table order: its method without matching
-    first, then the registry's order, then methods without an entry (plugins') by name."""
-    order = dict.fromkeys([method_label(stage, {"matching": NO_MATCHING}), *method_labels(stage)])
-    rank = {label: i for i, label in enumerate(order)}
-    return sorted(set(labels), key=lambda m: (rank.get(m, len(rank)), m))
-
-
 def last_dead_maps(folder: Path) -> float:
     """Share of the matching loss's maps of the model in `folder` that were zero everywhere in
     its last training epoch (`metrics.json`); NaN without matching or a training history."""
@@ -67,6 +59,20 @@ def last_dead_maps(folder: Path) -> float:
         return np.nan
     history = json.loads(path.read_text()).get("history") or [{}]
     return history[-1].get("train_dead_maps", np.nan)
+
+
+def teacher_seed(folder: Path, runs_dir: Path) -> float:
+    """The seed of the teacher a run in `folder` descends from: that of the nearest folder
+    at or above it (up to `runs_dir`) that holds a `teacher/config.json` (a study nests each
+    teacher's runs in its own folder; a one-teacher study keeps its teacher at the top).
+    NaN where none is found."""
+    for parent in (folder, *folder.parents):
+        config = parent / "teacher" / "config.json"
+        if config.is_file():
+            return json.loads(config.read_text()).get("seed", 0)
+        if parent == runs_dir:
+            break
+    return np.nan
 
 
 def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.DataFrame:
@@ -91,6 +97,7 @@ def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.Da
             "stage": stage,
             "run": str(folder.relative_to(runs_dir)),
             "method": method_label(stage, config),
+            "teacher_seed": teacher_seed(folder, runs_dir),
             "seed": config.get("seed", 0),
         }
         for name in STAGES:  # one column per stage's setting, filled for its own runs
@@ -175,7 +182,7 @@ def seeds_per_curve(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
     per_point = rows.groupby(["method", "iteration"])["seed"].nunique()
     return {
         method: (int(per_point[method].min()), int(per_point[method].max()))
-        for method in _method_order("prune_iterative", rows["method"])
+        for method in method_order("prune_iterative", rows["method"])
     }
 
 
@@ -201,7 +208,7 @@ def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
     panels = ["map_class"] + [
         f"{m} {score}" for m in attribution_methods(rows) if f"{m} {score}" in rows
     ]
-    methods = _method_order("prune_iterative", rows["method"])
+    methods = method_order("prune_iterative", rows["method"])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
     for ax, col in zip(axes[0], panels, strict=True):
         for method in methods:
@@ -258,13 +265,17 @@ def save_table(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") -> pd.DataFrame:
-    """Naive vs matching on the same (image, class) pairs: mean difference and Wilcoxon p.
+    """Within-run statistics: one matched model against its naive twin on the same (image,
+    class) pairs, their mean difference and a Wilcoxon p over those pairs.
 
-    For every matching run, its naive twin is the run of the same stage, width / rate /
-    iteration and seed with no matching. Pairs scored by only one of the two are dropped.
+    A description of two trained models, never a verdict on the method: the pairs are not
+    replicates of training (attrlib.effects compares methods over runs). A matched run's twin
+    is the run of the same stage, width / rate / iteration, teacher and seed without
+    matching; pairs scored by only one of the two are dropped.
     """
     runs_dir = Path(runs_dir)
-    keys = ["stage", *(s.setting for s in map(STAGES.get, STAGES) if s.setting), "seed"]
+    keys = ["stage", *(s.setting for s in map(STAGES.get, STAGES) if s.setting)]
+    keys += ["teacher_seed", "seed"]
     naive_names = _baselines()
     rows = []
     compressed = frame[frame["stage"] != "teacher"]
@@ -295,74 +306,6 @@ def paired_tests(runs_dir: str | Path, frame: pd.DataFrame, score: str = "auc") 
     return pd.DataFrame(rows)
 
 
-def summary_text(frame: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) -> str:
-    """Per compression stage, setting and matching method: did matching beat naive?
-
-    One line per (stage, width / rate, method); iterative pruning pools its iterations (each
-    seed's mean over them). For every score the difference matched - naive is taken per
-    seed, over runs of the same setting and seed; `delta` is its mean over seeds and the
-    spread its standard deviation over seeds. An AUC difference is called real when
-    |delta| exceeds that spread and the paired Wilcoxon test over the same (image, class)
-    pairs is significant, with the same sign, for every run of the setting and seed (with
-    one seed the paired tests alone decide); other scores have no paired test, so they need
-    at least two seeds and |delta| beyond the spread. `paired_tests` has every run's test.
-    """
-    lines = []
-    score_cols = [c for c in frame.columns if any(c.endswith(f" {s}") for s in SCORES)]
-    naive_names = _baselines()
-    for stage in STAGES:
-        spec = STAGES.get(stage)
-        key = None if spec.pooled else spec.setting
-        rows = frame[frame["stage"] == stage]
-        if rows.empty or not spec.baseline:
-            continue
-        settings = sorted(rows[key].dropna().unique()) if key else [None]
-        for setting in settings:
-            group = rows if key is None else rows[rows[key] == setting]
-            naive = group[group["method"].isin(naive_names)]
-            baseline = method_label(stage, {"matching": NO_MATCHING})
-            for method in sorted(set(group["method"]) - naive_names):
-                matched = group[group["method"] == method]
-                per_seed = (
-                    matched.groupby("seed")[score_cols].mean()
-                    - naive.groupby("seed")[score_cols].mean()
-                )  # (seeds, scores): NaN where either side has no run of that seed
-                seeds = int(per_seed.notna().all(axis=1).sum())
-                sig = tests
-                if len(tests):
-                    sig = tests[(tests["stage"] == stage) & (tests["compression"] == method)]
-                    if key is not None:
-                        sig = sig[sig[key] == setting]
-                parts = []
-                for col in score_cols:
-                    delta = per_seed[col].mean()
-                    if np.isnan(delta):  # a model that predicts no ground-truth class: no maps
-                        parts.append(f"{col} not scored")
-                        continue
-                    spread = per_seed[col].std() if seeds >= 2 else 0.0
-                    attribution, score = col.split(" ")
-                    if score == "auc":
-                        runs = sig[sig["attribution"] == attribution] if len(sig) else sig
-                        agree = (
-                            len(runs) > 0
-                            and (runs["p_wilcoxon"] < alpha).all()
-                            and (np.sign(runs["difference"]) == np.sign(delta)).all()
-                        )
-                        real = abs(delta) > spread and agree
-                        quiet = "no clear change"
-                    else:  # no paired test: only the spread over seeds can tell
-                        real = seeds >= 2 and abs(delta) > spread
-                        quiet = "no clear change" if seeds >= 2 else "one seed, untested"
-                    verdict = ("better" if delta > 0 else "worse") if real else quiet
-                    parts.append(f"{col} {delta:+.3f} ({verdict})")
-                label = f"all {spec.setting}s" if key is None else spec.label(setting)
-                lines.append(
-                    f"- {stage} {label}, {method} vs {baseline} ({seeds} seeds): "
-                    + "; ".join(parts)
-                )
-    return "\n".join(lines)
-
-
 def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
     """Runs shown in the qualitative figure, {row label: run}, in the order drawn.
 
@@ -380,7 +323,7 @@ def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
         group = group[group["seed"] == group["seed"].min()]
         if spec.setting is not None:
             group = group[group[spec.setting] == group[spec.setting].max()]
-        for method in _method_order(stage, group["method"]):
+        for method in method_order(stage, group["method"]):
             run = group[group["method"] == method].iloc[0]
             suffix = "" if spec.setting is None else f" ({spec.label(run[spec.setting])})"
             chosen[f"{method}{suffix}"] = run["run"]

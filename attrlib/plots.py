@@ -38,11 +38,15 @@ def score_label(column: str, sep: str = " ") -> str:
     """Axis label of a score column ('map_class', 'gradcam auc'): its name and, for the
     study's scores, that higher is better ('Grad-CAM AUC (higher is better)'); `sep` goes
     between the two (a line break for a label too long for its axis)."""
+    name = score_name(column)
+    return f"{name}{sep}(higher is better)" if column.rpartition(" ")[2] in SCORE_NAMES else name
+
+
+def score_name(column: str) -> str:
+    """A score column's name in figures and tables: 'gradcam auc' -> 'Grad-CAM AUC'."""
     method, _, score = column.rpartition(" ")
     name = SCORE_NAMES.get(score, score)
-    if method:
-        name = f"{ATTRIBUTION_NAMES.get(method, method)} {name}"
-    return f"{name}{sep}(higher is better)" if score in SCORE_NAMES else name
+    return f"{ATTRIBUTION_NAMES.get(method, method)} {name}" if method else name
 
 
 def denormalize(images: torch.Tensor) -> np.ndarray:
@@ -377,5 +381,97 @@ def schedule_curve(records: Sequence[dict], title: str = "") -> plt.Figure:
     ax.plot(remaining, [r["best"]["val_map_class"] for r in records], marker="o")
     remaining_weights_axis(ax, remaining)
     ax.set(ylabel=f"val {score_label('map_class')}", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def forest_plot(effects, metrics: Sequence[str], title: str = "") -> plt.Figure:
+    """Paired differences matched - baseline with their intervals: one panel per metric, one
+    row per (stage, setting, method) of `effects` (attrlib.effects.effects_table rows), in
+    the order given. Filled: the interval excludes 0; hollow: no clear change."""
+    from attrlib.study import colour
+
+    keys = list(
+        dict.fromkeys(zip(effects["stage"], effects["setting"], effects["method"], strict=True))
+    )
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(2.6 * len(metrics) + 2.4, 0.28 * len(keys) + 1.4), sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    y = {key: -i for i, key in enumerate(keys)}
+    for ax, metric in zip(axes, metrics, strict=True):
+        rows = effects[effects["metric"] == metric]
+        for _, e in rows.iterrows():
+            pos = y[(e["stage"], e["setting"], e["method"])]
+            c = colour(e["method"]) or "k"
+            decided = e["verdict"] in ("better", "worse")
+            err = [[e["diff"] - e["ci_low"]], [e["ci_high"] - e["diff"]]]
+            ax.errorbar(
+                e["diff"],
+                pos,
+                xerr=err,
+                fmt="o",
+                color=c,
+                ms=4,
+                capsize=2,
+                mfc=c if decided else "white",
+            )
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_title(score_name(metric), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=8)
+    axes[0].set_yticks(list(y.values()), [f"{s} {v} · {m}" for s, v, m in y])
+    fig.supxlabel("matched - baseline (mean over replicates, 95 % t interval)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def replicate_strips(frame, metric: str, settings: dict[str, Sequence] | None = None) -> plt.Figure:
+    """Every run's `metric`, one panel per compression stage: per setting the methods side by
+    side (the baseline first), each run a dot coloured by its teacher, a grey line joining the
+    runs of one replicate (teacher, seed) across methods. `settings` limits a stage's
+    settings ({stage: [values]}); `frame` is all_runs.csv with a `teacher_seed` column."""
+    from attrlib.study import STAGES, method_order
+
+    settings = settings or {}
+    stages = [s for s in STAGES if STAGES.get(s).baseline and (frame["stage"] == s).any()]
+    teachers = sorted(frame["teacher_seed"].dropna().unique())
+    palette = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.8), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, stage in zip(axes, stages, strict=True):
+        spec = STAGES.get(stage)
+        rows = frame[frame["stage"] == stage]
+        values = settings.get(stage) or sorted(rows[spec.setting].dropna().unique())
+        methods = method_order(stage, rows["method"])
+        ticks, labels = [], []
+        for g, value in enumerate(values):
+            group = rows[rows[spec.setting] == value]
+            xs = {m: g * (len(methods) + 1) + i for i, m in enumerate(methods)}
+            for _, runs in group.groupby(["teacher_seed", "seed"]):
+                runs = runs.set_index("method").reindex(methods)
+                ax.plot([xs[m] for m in methods], runs[metric], color="0.75", lw=0.6, zorder=1)
+            for m in methods:
+                runs = group[group["method"] == m]
+                ax.scatter(
+                    np.full(len(runs), xs[m]),
+                    runs[metric],
+                    c=[palette(teachers.index(t) % 10) for t in runs["teacher_seed"]],
+                    s=14,
+                    zorder=2,
+                )
+                ticks.append(xs[m])
+                labels.append(f"{spec.label(value)} {m}")
+        ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(stage, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(score_label(metric))
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=palette(i % 10), label=f"teacher {int(t)}")
+        for i, t in enumerate(teachers)
+    ]
+    fig.legend(handles=handles, loc="upper right", fontsize=7, frameon=False)
     fig.tight_layout()
     return fig

@@ -151,6 +151,14 @@ def method_labels(stage: str) -> list[str]:
     return list(dict.fromkeys(label for label, _ in _labelled(stage)))
 
 
+def method_order(stage: str, labels: Sequence[str]) -> list[str]:
+    """The distinct `labels` of a stage's runs in table order: its method without matching
+    first, then the registry's order, then methods without an entry (plugins') by name."""
+    order = dict.fromkeys([method_label(stage, {"matching": NO_MATCHING}), *method_labels(stage)])
+    rank = {label: i for i, label in enumerate(order)}
+    return sorted(set(labels), key=lambda m: (rank.get(m, len(rank)), m))
+
+
 def colour(label: str) -> str | None:
     """The colour of a method label in every figure (None: matplotlib's next)."""
     if label == "teacher":

@@ -183,18 +183,22 @@ def test_stage_wall_time_is_the_span_of_its_parallel_runs(tmp_path):
 
 def test_results_copies_the_reference_run(tmp_path):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
+    figures = tmp_path / "figures"
     command = ["make", "results", "PROFILE=smoke", f"RUNS={runs}", f"RESULTS={docs}"]
+    command.append(f"RESULT_FIGURES_DIR={figures}")
     (runs / "paper").mkdir(parents=True)
-    for name in ("paper/all_runs.csv", "paper/summary.md"):
-        (runs / name).write_text(name)
+    tables = ("all_runs.csv", "effects.csv", "summary.md")
+    for name in (*tables, "forest.png", "replicates_gradcam_auc.png"):
+        (runs / "paper" / name).write_text(name)
     out = subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, text=True)
     assert out.returncode != 0
     assert f"{runs}/timings.csv is missing" in out.stderr
     assert not docs.exists()
     (runs / "timings.csv").write_text("stage,seconds\ntotal,1.0\n")
     subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, check=True)
-    assert sorted(p.name for p in docs.iterdir()) == ["all_runs.csv", "summary.md", "timings.csv"]
-    assert (docs / "summary.md").read_text() == "paper/summary.md"
+    assert sorted(p.name for p in docs.iterdir()) == [*tables, "timings.csv"]
+    assert (docs / "summary.md").read_text() == "summary.md"
+    assert sorted(p.name for p in figures.iterdir()) == ["forest.png", "replicates_gradcam_auc.png"]
 
 
 def test_stage_seeds_repeat_only_that_stage(tmp_path):

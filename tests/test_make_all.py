@@ -34,6 +34,9 @@ def test_make_all_smoke_builds_every_artefact(smoke_study):
         "paper/unstructured_auc.png",
         "paper/qualitative.pdf",
         "paper/summary.md",
+        "paper/effects.csv",
+        "paper/forest.png",
+        "paper/replicates_gradcam_auc.png",
         "paper/iterative_maps.gif",
     ]
     missing = [p for p in expected if not (runs / p).exists()]

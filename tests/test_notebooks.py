@@ -217,5 +217,8 @@ def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
         "unstructured_auc.pdf",
         "qualitative.png",
         "summary.md",
+        "effects.csv",
+        "forest.png",
+        "replicates_gradcam_auc.png",
     ):
         assert (runs / "paper" / name).is_file(), name
