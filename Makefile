@@ -5,7 +5,7 @@
 
 PROFILE ?= default
 SET ?=
-SEED ?= 0
+SEED ?= 0  # of the synthetic data set
 VOC_ROOT ?=
 TEACHER_WEIGHTS ?=
 PYTHON ?= python3
@@ -61,8 +61,8 @@ TIMING_RUN := $(shell echo "$$(date +%s)-$$$$")
 time_event = mkdir -p $(RUNS) && echo "$(1) $(2) $$(date +%s.%N) $(TIMING_RUN) $@" >> $(TIMINGS_LOG)
 time_start = $(call time_event,start,$(1))
 time_end = $(call time_event,end,$(1))
-# the stage of a run under $(RUNS): its first folder (distill, prune_oneshot, ...)
-stage_of = $(firstword $(subst /, ,$(patsubst $(RUNS)/%,%,$(1))))
+# the stage of a run under $(RUNS): its first folder below its teacher's (distill, ...)
+stage_of = $(firstword $(filter-out teacher-s%,$(subst /, ,$(patsubst $(RUNS)/%,%,$(1)))))
 
 # Scaling out, with Make's own parallelism for the grid and no scheduler of our own:
 # - NPROC=n: the training stages and the evaluation run the notebook runner under
@@ -132,17 +132,24 @@ $(GRID_MK): $(PROFILE_STAMP) attrlib/study.py | $(STAMP)
 	@mkdir -p $(dir $@)
 	@$(VENV)/bin/python -m attrlib.study grid $(PROFILE) --set '$(SET)' > $@.tmp && mv $@.tmp $@
 SEEDS ?= $(GRID_SEEDS)
+TEACHER_SEEDS ?= $(GRID_TEACHER_SEEDS)
 
-TEACHER_NB := $(RUNS)/teacher/01_teacher.ipynb
-TEACHER_CKPT := $(RUNS)/teacher/best.pt
-TARGETS := $(RUNS)/teacher/targets.pt
+# Every teacher's runs live in its own folder, a study of their own: the teacher, its
+# targets, its compressed runs and their evaluation (against that teacher's maps).
+tree = $(RUNS)/teacher-s$(1)
+TEACHER_NBS := $(foreach t,$(TEACHER_SEEDS),$(call tree,$(t))/teacher/01_teacher.ipynb)
+ALL_TARGETS := $(foreach t,$(TEACHER_SEEDS),$(call tree,$(t))/teacher/targets.pt)
 # Seeds per stage (default SEEDS): e.g. DISTILL_SEEDS=0 keeps one seed of distillation.
 DISTILL_SEEDS ?= $(SEEDS)
 PRUNE_SEEDS ?= $(SEEDS)
-DISTILL_NBS := $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(RUNS)/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
-ONESHOT_NBS := $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(RUNS)/prune_oneshot/p$(r)-$(m)-s$(s)/03_prune_oneshot.ipynb)))
-ITERATIVE_NBS := $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(RUNS)/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
-EVAL_NB := $(RUNS)/evaluate/05_evaluate.ipynb
+distill_nbs = $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(call tree,$(1))/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
+oneshot_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(call tree,$(1))/prune_oneshot/p$(r)-$(m)-s$(s)/03_prune_oneshot.ipynb)))
+iterative_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(call tree,$(1))/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
+DISTILL_NBS := $(foreach t,$(TEACHER_SEEDS),$(call distill_nbs,$(t)))
+ONESHOT_NBS := $(foreach t,$(TEACHER_SEEDS),$(call oneshot_nbs,$(t)))
+ITERATIVE_NBS := $(foreach t,$(TEACHER_SEEDS),$(call iterative_nbs,$(t)))
+TEACHER_CKPT := $(call tree,$(firstword $(TEACHER_SEEDS)))/teacher/best.pt
+EVAL_NBS := $(foreach t,$(TEACHER_SEEDS),$(call tree,$(t))/evaluate/05_evaluate.ipynb)
 PAPER_NB := $(RUNS)/paper/06_paper.ipynb
 PROFILE_ARGS = --profile $(PROFILE) --set '$(SET)'
 PROFILE_PARAMS = -p profile $(PROFILE) $(if $(strip $(SET)),-p overrides '$(SET)')
@@ -150,8 +157,11 @@ COMMON = $(PROFILE_PARAMS) -p data_root $(DATA_ROOT)
 # words of a run name such as x2-swa-s0 or p0.3-naive-s1
 word_of = $(word $(1),$(subst -, ,$(2)))
 # The grid's runs get THREADS threads however they are started (the same seed gives the same
-# numbers only at the same thread count); the teacher, evaluation and paper use every core.
+# numbers only at the same thread count). Teachers, their targets and evaluations share the
+# cores among as many of them as run at once; the paper uses every core.
 GRID_ENV := OMP_NUM_THREADS=$(THREADS)
+TEACHERS_AT_ONCE := $(shell n=$(words $(TEACHER_SEEDS)); echo $$(( n < $(JOBS) ? (n > 0 ? n : 1) : $(JOBS) )))
+TEACHER_ENV := $(if $(filter-out 1,$(TEACHERS_AT_ONCE)),OMP_NUM_THREADS=$(shell echo $$(( $(NCPU) / $(TEACHERS_AT_ONCE) > 0 ? $(NCPU) / $(TEACHERS_AT_ONCE) : 1 ))))
 
 .PHONY: all venv data check-data teacher targets distill prune prune-oneshot prune-iterative evaluate paper bench \
 	timings results test test-slow lint lab clean clean-runs help
@@ -185,7 +195,8 @@ Variables (make VAR=value ...):
                          to runs/<profile>-<hash of SET> (NAME=... names the folder)
   VOC_ROOT=/path/to/VOCdevkit/VOC2012   real PASCAL VOC 2012 (with PROFILE=voc)
   TEACHER_WEIGHTS=/path/to/vgg16_bn.pth torchvision's ImageNet weights for the voc teacher
-  SEEDS, DISTILL_SEEDS, PRUNE_SEEDS     seeds of the grid (default: the profile's)
+  TEACHER_SEEDS          the teachers (default: the profile's teacher_seeds)
+  SEEDS, DISTILL_SEEDS, PRUNE_SEEDS     seeds of each teacher's grid (default: the profile's)
   JOBS=n THREADS=n       grid runs at a time, torch threads each (default: cores, 1 each)
   GPUS="0 1" NPROC=n LAUNCH="srun ..."  scaling out: docs/scaling.md
   LAB_PORT, TB_PORT      ports of make lab and make tensorboard
@@ -233,41 +244,47 @@ $(DATA_DIGEST): $(DATA_STAMP) | $(STAMP)
 	@mkdir -p $(dir $@)
 	$(PY) -m attrlib.data digest $(DATA_ROOT) --into $@ $(if $(VOC_ROOT),,--rewind $(DATA_STAMP))
 
-teacher: $(RUNS)/teacher/01_teacher.ipynb  ## train the teacher (notebook 01)
-$(RUNS)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $(DATA_DIGEST) $(PROFILE_STAMP) | $(STAMP) $(CHECK_GATE)
-	$(call run_notebook,$<,$@,$(COMMON) -p seed $(SEED) -p out_dir $(RUNS)/teacher -p weights '$(TEACHER_WEIGHTS)')
-
-# The teacher's logits and matching maps for every training view, computed once and read by
-# every distillation and pruning run instead of running the teacher in each of their steps.
-targets: $(TARGETS)  ## the teacher's logits and maps for every training view, computed once
-$(TARGETS): $(TEACHER_NB)
-	@$(call time_start,targets)
-	$(call run_prefix,targets) $(PY) -m attrlib.targets --teacher $(TEACHER_CKPT) --data-root $(DATA_ROOT) $(PROFILE_ARGS) --out $@
-	@$(call time_end,targets)
-
+teacher: $(TEACHER_NBS)  ## train the teachers (notebook 01), one per teacher seed
+targets: $(ALL_TARGETS)  ## every teacher's logits and maps for every training view
 distill: $(DISTILL_NBS)  ## every distillation run of the grid (notebook 02)
-$(RUNS)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(TARGETS)
-	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) -p width_div $(patsubst x%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
-
 prune: prune-oneshot prune-iterative  ## both pruning stages
 prune-oneshot: $(ONESHOT_NBS)  ## every one-shot structured pruning run (notebook 03)
-$(RUNS)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(TARGETS)
-	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) -p rate $(patsubst p%,%,$(call word_of,1,$*)) $(MATCH_$(call word_of,2,$*)) -p seed $(patsubst s%,%,$(call word_of,3,$*)),$(GRID_ENV))
-
 prune-iterative: $(ITERATIVE_NBS)  ## every iterative unstructured pruning schedule (notebook 04)
-$(RUNS)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(TARGETS)
-	$(call run_notebook,$<,$@,$(COMMON) -p model $(TEACHER_CKPT) -p teacher_targets $(TARGETS) -p out_dir $(dir $@) $(MATCH_$(call word_of,1,$*)) -p seed $(patsubst s%,%,$(call word_of,2,$*)),$(GRID_ENV))
+evaluate: $(EVAL_NBS)  ## accuracy and localization of every model (notebook 05)
 
-# Every finished model of the profile: the teacher, students, pruned networks, iterations
-# (on the default profile every second iteration: 16 x 6 schedules would double the time of
-# the evaluation, and the curves read as well from 8 points).
+# Every finished model of a teacher's folder: the teacher, students, pruned networks,
+# iterations (on the default profile every second iteration: 16 x 6 schedules would double
+# the time of the evaluation, and the curves read as well from 8 points).
 SKIP_ITERATIONS := $(if $(filter default,$(PROFILE_NAME)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
-evaluate: $(EVAL_NB)  ## accuracy and localization of every model (notebook 05)
-$(EVAL_NB): notebooks/05_evaluate.ipynb $(TEACHER_NB) $(DISTILL_NBS) $(ONESHOT_NBS) $(ITERATIVE_NBS)
-	$(call run_notebook,$<,$@,$(COMMON) -p teacher $(TEACHER_CKPT) -p out_dir $(dir $@) -y "checkpoints: [$$(find $(RUNS) -name best.pt -not -path '*/evaluate/*' $(SKIP_ITERATIONS) | sort | paste -sd, -)]")
+
+# The rules of teacher seed $(1) and its folder $(2). Its targets are the teacher's logits and
+# matching maps for every training view, computed once and read by every distillation and
+# pruning run instead of running the teacher in each of their steps.
+define TEACHER_RULES
+$(2)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $$(DATA_DIGEST) $$(PROFILE_STAMP) | $$(STAMP) $$(CHECK_GATE)
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p seed $(1) -p out_dir $(2)/teacher -p weights '$$(TEACHER_WEIGHTS)',$$(TEACHER_ENV))
+
+$(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
+	@$$(call time_start,targets)
+	$$(TEACHER_ENV) $$(call run_prefix,targets) $$(PY) -m attrlib.targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
+	@$$(call time_end,targets)
+
+$(2)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(2)/teacher/targets.pt
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) -p width_div $$(patsubst x%,%,$$(call word_of,1,$$*)) $$(MATCH_$$(call word_of,2,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,3,$$*)),$$(GRID_ENV))
+
+$(2)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(2)/teacher/targets.pt
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p model $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) -p rate $$(patsubst p%,%,$$(call word_of,1,$$*)) $$(MATCH_$$(call word_of,2,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,3,$$*)),$$(GRID_ENV))
+
+$(2)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(2)/teacher/targets.pt
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p model $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) $$(MATCH_$$(call word_of,1,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,2,$$*)),$$(GRID_ENV))
+
+$(2)/evaluate/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(2)/teacher/01_teacher.ipynb $(call distill_nbs,$(1)) $(call oneshot_nbs,$(1)) $(call iterative_nbs,$(1))
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
+endef
+$(foreach t,$(TEACHER_SEEDS),$(eval $(call TEACHER_RULES,$(t),$(call tree,$(t)))))
 
 paper: $(PAPER_NB)  ## the paper's tables and figures (notebook 06)
-$(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NB)
+$(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NBS)
 	$(call run_notebook,$<,$@,$(PROFILE_PARAMS) -p runs_dir $(RUNS) -p out_dir $(dir $@))
 	$(FOLD_TIMINGS)
 

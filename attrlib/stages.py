@@ -329,7 +329,7 @@ def targets_main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="python -m attrlib.targets",
         description="Compute the teacher's logits and matching maps for every training view "
-        "of the profile once (runs/<profile>/teacher/targets.pt), so that distillation and "
+        "of the profile once (runs/<profile>/teacher-s<seed>/teacher/targets.pt), so that distillation and "
         "pruning runs read them instead of running the teacher in each step.",
     )
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt)")

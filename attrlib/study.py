@@ -175,6 +175,7 @@ class Grid:
     """The runs `make all` starts for a profile."""
 
     seeds: tuple[int, ...]
+    teacher_seeds: tuple[int, ...]
     widths: tuple[int, ...]
     rates: tuple[float, ...]
     distill: tuple[str, ...]  # method words
@@ -186,6 +187,7 @@ def grid(profile: str, overrides: str | Sequence[str] = ()) -> Grid:
     prof = get_profile(profile, overrides)
     return Grid(
         prof.seeds,
+        prof.teacher_seeds,
         prof.student_width_divs,
         prof.prune_rates,
         prof.distill_methods,
@@ -211,6 +213,7 @@ def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
                 )
     lines = [
         f"GRID_SEEDS := {' '.join(map(str, g.seeds))}",
+        f"GRID_TEACHER_SEEDS := {' '.join(map(str, g.teacher_seeds))}",
         f"DISTILL_WIDTHS := {' '.join(map(str, g.widths))}",
         f"DISTILL_METHODS := {' '.join(g.distill)}",
         f"PRUNE_RATES := {' '.join(f'{r:g}' for r in g.rates)}",

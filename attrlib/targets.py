@@ -13,8 +13,8 @@ Store layout (`torch.save`, tensors and plain values only): logits (E, N, K) and
 tensor (E, N, h, w) per matching key ("ewa", "swa", "swa-drop0.3", ...), plus `meta` that
 says what they were made from (teacher file hash, view spec, image ids, matching layer).
 
-    python -m attrlib.targets --teacher runs/default/teacher/best.pt --profile default \
-        --data-root data/synthvoc-default/VOCdevkit/VOC2012 --out runs/default/teacher/targets.pt
+    python -m attrlib.targets --teacher runs/default/teacher-s0/teacher/best.pt --profile default \
+        --data-root data/synthvoc-default/VOCdevkit/VOC2012 --out runs/default/teacher-s0/teacher/targets.pt
 """
 
 from __future__ import annotations

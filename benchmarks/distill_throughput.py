@@ -30,7 +30,7 @@ group run back to back, in an order that alternates, so that load drift on a sha
 hits both sides of a ratio alike. Medians over `--rounds` are reported.
 
     python benchmarks/distill_throughput.py [--profile default] [--data-root ...]
-        [--checkpoint runs/default/teacher/best.pt] [--batches 8] [--rounds 5] [--warmup 1]
+        [--checkpoint runs/default/teacher-s0/teacher/best.pt] [--batches 8] [--rounds 5] [--warmup 1]
         [--out runs/bench/distill_throughput.json]
 
 How to read the ratios:

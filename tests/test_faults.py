@@ -24,13 +24,13 @@ KILL_POINTS: list[tuple[str, Callable[[Path], bool]]] = [
     (
         "teacher training",
         lambda runs: (
-            (runs / "teacher" / "last.pt").exists()
-            and not (runs / "teacher" / "01_teacher.ipynb").exists()
+            (runs / "teacher-s0" / "teacher" / "last.pt").exists()
+            and not (runs / "teacher-s0" / "teacher" / "01_teacher.ipynb").exists()
         ),
     ),
     (
         "compression grid",
-        lambda runs: _any(runs, "distill/*/last.pt") or _any(runs, "prune_*/**/last.pt"),
+        lambda runs: _any(runs, "*/distill/*/last.pt") or _any(runs, "*/prune_*/**/last.pt"),
     ),
     ("evaluation", lambda runs: _any(runs, "**/eval.json")),
 ]

@@ -56,6 +56,34 @@ def test_default_grid_covers_the_study(tmp_path):
     assert "-p matching swa -p drop_fraction 0.3" in text
 
 
+def test_every_teacher_has_its_own_folder_of_runs(tmp_path):
+    runs = tmp_path / "runs"
+    text = _dry_run(
+        "all",
+        "PROFILE=smoke",
+        "SET=teacher_seeds=[3,5]",
+        "JOBS=2",
+        f"RUNS={runs}",
+        f"SYNTH_ROOT={tmp_path}/data",
+    )
+    lines = _run_lines(text)
+    teachers = [line for line in lines if "01_teacher.ipynb" in line]
+    assert len(teachers) == 2
+    for t in (3, 5):
+        tree = f"{runs}/teacher-s{t}"
+        assert any(f"-p seed {t} -p out_dir {tree}/teacher " in line for line in teachers)
+        # each run learns from its own teacher's store and is evaluated against its maps
+        grid = [line for line in lines if f"{tree}/distill/" in line or f"{tree}/prune_" in line]
+        assert len(grid) == 6 and all(f"{tree}/teacher/targets.pt" in line for line in grid)
+        assert not any(f"teacher-s{8 - t}/" in line for line in grid)
+        evaluation = [line for line in lines if f"{tree}/evaluate/" in line and "05_" in line]
+        assert len(evaluation) == 1 and f"find {tree} -name best.pt" in evaluation[0]
+        assert f"-p teacher {tree}/teacher/best.pt" in evaluation[0]
+    # two teachers at once on two job slots: each gets one thread
+    assert all(line.startswith("OMP_NUM_THREADS=1 ") for line in teachers)
+    assert sum("06_paper.ipynb" in line for line in lines) == 1
+
+
 def test_smoke_and_voc_run_one_seed(tmp_path):
     split = tmp_path / "voc" / "ImageSets" / "Main" / "train.txt"
     split.parent.mkdir(parents=True)
@@ -387,8 +415,8 @@ def test_gpus_give_each_concurrent_run_a_gpu_of_its_own(tmp_path):
     for line in log.read_text().splitlines():
         out, gpu, seconds, event = line.split()
         spans.setdefault(out, {"gpu": gpu})[event] = float(seconds)
-    assert spans[f"{runs}/teacher/.partial-01_teacher.ipynb"]["gpu"] == "0"
-    assert spans[f"{runs}/teacher/targets.pt"]["gpu"] == "0"
+    assert spans[f"{runs}/teacher-s0/teacher/.partial-01_teacher.ipynb"]["gpu"] == "0"
+    assert spans[f"{runs}/teacher-s0/teacher/targets.pt"]["gpu"] == "0"
     grid = [span for out, span in spans.items() if "/distill/" in out or "/prune_oneshot/" in out]
     assert len(grid) == 4 and {span["gpu"] for span in grid} == {"0", "1"}
     overlapping = [

@@ -18,16 +18,16 @@ def test_make_all_smoke_builds_every_artefact(smoke_study):
     runs, make = smoke_study.runs, list(smoke_study.command)
 
     expected = [
-        "teacher/01_teacher.ipynb",
-        "teacher/best.pt",
-        "teacher/eval.json",
-        "distill/x2-kd-s0/02_distill.ipynb",
-        "distill/x2-swa-s0/eval.json",
-        "prune_oneshot/p0.5-naive-s0/eval.json",
-        "prune_oneshot/p0.5-swa-s0/cost.json",
-        "prune_iterative/naive-s0/iter_02/eval.json",
-        "prune_iterative/swa-s0/final.pt",
-        "evaluate/05_evaluate.ipynb",
+        "teacher-s0/teacher/01_teacher.ipynb",
+        "teacher-s0/teacher/best.pt",
+        "teacher-s0/teacher/eval.json",
+        "teacher-s0/distill/x2-kd-s0/02_distill.ipynb",
+        "teacher-s0/distill/x2-swa-s0/eval.json",
+        "teacher-s0/prune_oneshot/p0.5-naive-s0/eval.json",
+        "teacher-s0/prune_oneshot/p0.5-swa-s0/cost.json",
+        "teacher-s0/prune_iterative/naive-s0/iter_02/eval.json",
+        "teacher-s0/prune_iterative/swa-s0/final.pt",
+        "teacher-s0/evaluate/05_evaluate.ipynb",
         "paper/06_paper.ipynb",
         "paper/table_distillation.md",
         "paper/table_structured.csv",
@@ -102,15 +102,16 @@ def test_make_all_with_a_users_profile_and_overrides(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    student = read_json(runs / "distill" / "x2-kd-s0" / "config.json")
+    tree = runs / "teacher-s0"
+    student = read_json(tree / "distill" / "x2-kd-s0" / "config.json")
     assert student["profile"] == str(profile)
     assert student["overrides"] == ["distill.epochs=2", "oneshot_methods=[naive]"]
     assert student["recipe"]["epochs"] == 2
-    assert len(read_json(runs / "distill" / "x2-kd-s0" / "metrics.json")["history"]) == 2
-    teacher = read_json(runs / "teacher" / "config.json")
+    assert len(read_json(tree / "distill" / "x2-kd-s0" / "metrics.json")["history"]) == 2
+    teacher = read_json(tree / "teacher" / "config.json")
     assert teacher["recipe"]["epochs"] == fields["teacher"]["epochs"]  # untouched by SET
-    assert sorted(p.name for p in (runs / "prune_oneshot").iterdir()) == ["p0.5-naive-s0"]
-    assert sorted(p.name for p in (runs / "prune_iterative" / "swa-s0").glob("iter_*")) == [
+    assert sorted(p.name for p in (tree / "prune_oneshot").iterdir()) == ["p0.5-naive-s0"]
+    assert sorted(p.name for p in (tree / "prune_iterative" / "swa-s0").glob("iter_*")) == [
         "iter_01"
     ]
     resolved = yaml.safe_load((runs / "profile.yaml").read_text())

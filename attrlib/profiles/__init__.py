@@ -92,7 +92,8 @@ class Profile:
     matching_lambda: float = 100.0  # distillation's
     prune_matching_lambda: float | None = None  # pruning fine-tunes'; None: matching_lambda
     drop_fraction: float = 0.3  # stochastic SWA
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0,)  # of every compressed run, under each teacher
+    teacher_seeds: tuple[int, ...] = (0,)  # one teacher per seed; runs/<p>/teacher-s<seed>/
     num_workers: int = 0
     # Where maps are matched (attrlib.models.MATCHING_LAYERS): "pool", the last max-pool's
     # output, is where the authors' code matches.
