@@ -50,17 +50,14 @@ DATA_STAMP := $(if $(VOC_ROOT),$(VOC_ROOT)/ImageSets/Main/train.txt,$(DATA_ROOT)
 # papermill, strictly: unknown parameters are refused and the kernel dies with the runner
 PAPERMILL := $(PY) -m attrlib.nbrun
 
-# Wall time per stage: a timed recipe opens with $(call time_start,STAGE) and ends with
-# $(call time_end,STAGE); the paper rule folds the log into $(RUNS)/timings.csv (spans, not
-# sums, over a stage's runs; a resumed run adds up its invocations: see attrlib/timing.py).
-# Plain shell and date, as the venv recipe runs before the venv's python exists; lines this
-# short are appended whole even by parallel jobs.
+# Wall time per stage: a timed recipe runs under $(call claim,TARGET,,STAGE), which appends
+# the start and end of its command to $(TIMINGS_LOG) (plain shell and date: the venv recipe
+# runs before the venv's python exists); the paper rule folds the log into
+# $(RUNS)/timings.csv (spans, not sums, over a stage's runs; a resumed run adds up its
+# invocations: see attrlib/timing.py).
 TIMINGS_LOG := $(RUNS)/.timings.log
-FOLD_TIMINGS = $(PY) -m attrlib.timing fold $(TIMINGS_LOG) $(RUNS)/timings.csv
+FOLD_TIMINGS = flock $(RUNS)/.lock-timings.csv $(PY) -m attrlib.timing fold $(TIMINGS_LOG) $(RUNS)/timings.csv
 TIMING_RUN := $(shell echo "$$(date +%s)-$$$$")
-time_event = mkdir -p $(RUNS) && echo "$(1) $(2) $$(date +%s.%N) $(TIMING_RUN) $@" >> $(TIMINGS_LOG)
-time_start = $(call time_event,start,$(1))
-time_end = $(call time_event,end,$(1))
 # the stage of a run under $(RUNS): its first folder below its teacher's (distill, ...)
 stage_of = $(firstword $(filter-out teacher-s%,$(subst /, ,$(patsubst $(RUNS)/%,%,$(1)))))
 
@@ -98,15 +95,20 @@ $(error NPROC=$(NPROC) processes per run, each on a GPU, but GPUS lists only "$(
 endif
 endif
 # the command prefix and the notebook runner of stage $(1)'s runs
-run_prefix = $(if $(GPUS),$(if $(filter $(GRID_STAGES),$(1)),scripts/with_gpu.sh $(GPU_LOCKS) $(GPUS_PER_RUN) "$(GPUS)",$(if $(filter $(GPU_STAGES),$(1)),CUDA_VISIBLE_DEVICES=$(FIRST_GPUS)))) $(if $(filter $(GPU_STAGES),$(1)),$(LAUNCH))
+run_prefix = $(if $(GPUS),$(if $(filter $(GRID_STAGES),$(1)),scripts/with_gpu.sh $(GPU_LOCKS) $(GPUS_PER_RUN) "$(GPUS)",$(if $(filter $(GPU_STAGES),$(1)),env CUDA_VISIBLE_DEVICES=$(FIRST_GPUS)))) $(if $(filter $(GPU_STAGES),$(1)),$(LAUNCH))
 notebook_runner = $(if $(and $(NPROC),$(filter $(TORCHRUN_STAGES),$(1))),$(TORCHRUN) --standalone --nproc_per_node=$(NPROC) -m attrlib.nbrun --rank-output,$(PAPERMILL))
+
+# One writer per target: a recipe that makes $(1) runs under $(1)'s lock (scripts/claim.sh),
+# so that two makes started on one runs folder (a resubmitted cluster job) never run it
+# twice: the second waits, then finds it made. $(2): the file its command writes, renamed to
+# $(1) on success; $(3): the stage it is timed as; $(4): the lock file, if not beside $(1).
+claim = scripts/claim.sh $(if $(2),-m $(2)) $(if $(3),-t '$(TIMINGS_LOG) $(3) $(TIMING_RUN)') $(if $(4),-l $(4)) $(1) $^ --
 
 # Execute notebook $(1) into $(2) with papermill (parameters $(3), environment $(4)); the
 # executed copy appears only on success. Timed as the stage its output folder names.
 define run_notebook
-	@mkdir -p $(dir $(2)) && $(call time_start,$(call stage_of,$(2)))
-	$(4) $(call run_prefix,$(call stage_of,$(2))) $(call notebook_runner,$(call stage_of,$(2))) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
-	@mv $(dir $(2)).partial-$(notdir $(2)) $(2) && $(call time_end,$(call stage_of,$(2)))
+	@mkdir -p $(dir $(2)) $(RUNS)
+	$(4) $(call claim,$(2),$(dir $(2)).partial-$(notdir $(2)),$(call stage_of,$(2))) $(call run_prefix,$(call stage_of,$(2))) $(call notebook_runner,$(call stage_of,$(2))) $(1) $(dir $(2)).partial-$(notdir $(2)) $(3)
 endef
 
 # The study's grid comes from the profile itself (attrlib/config.py, written once; run names:
@@ -130,7 +132,7 @@ include $(GRID_MK)
 endif
 $(GRID_MK): $(PROFILE_STAMP) attrlib/study.py | $(STAMP)
 	@mkdir -p $(dir $@)
-	@$(VENV)/bin/python -m attrlib.study grid $(PROFILE) --set '$(SET)' > $@.tmp && mv $@.tmp $@
+	@$(VENV)/bin/python -m attrlib.study grid $(PROFILE) --set '$(SET)' > $@.$$$$.tmp && mv $@.$$$$.tmp $@
 SEEDS ?= $(GRID_SEEDS)
 TEACHER_SEEDS ?= $(GRID_TEACHER_SEEDS)
 
@@ -209,17 +211,13 @@ help:  ## this list
 
 venv: $(STAMP)  ## the environment: .venv with torch 2.14.1 (about 6 GB, 1-2 min)
 $(STAMP): pyproject.toml
-	@$(call time_start,venv)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	@touch $@ && $(call time_end,venv)
+	@mkdir -p $(RUNS)
+	$(call claim,$@,,venv) sh -c '$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e ".[test]" && touch $@'
 
 data: $(DATA_STAMP)  ## the profile's synthetic data set (or check VOC_ROOT's split file)
 $(SYNTH_ROOT)/VOCdevkit/VOC2012/synthvoc.json: | $(STAMP) $(PROFILE_STAMP)
-	@$(call time_start,data)
-	$(PY) -m attrlib.synthvoc --root $(SYNTH_ROOT) $(PROFILE_ARGS) --seed $(SEED)
-	@$(call time_end,data)
+	@mkdir -p $(RUNS)
+	$(call claim,$@,,data,$(SYNTH_ROOT).lock) $(PY) -m attrlib.synthvoc --root $(SYNTH_ROOT) $(PROFILE_ARGS) --seed $(SEED)
 ifneq ($(VOC_ROOT),)
 $(VOC_ROOT)/ImageSets/Main/train.txt:
 	$(error VOC_ROOT=$(VOC_ROOT) has no ImageSets/Main/train.txt; point VOC_ROOT at VOCdevkit/VOC2012)
@@ -242,7 +240,7 @@ $(DATA_CHECKED): $(DATA_STAMP) | $(STAMP)
 DATA_DIGEST := $(RUNS)/.data-digest
 $(DATA_DIGEST): $(DATA_STAMP) | $(STAMP)
 	@mkdir -p $(dir $@)
-	$(PY) -m attrlib.data digest $(DATA_ROOT) --into $@ $(if $(VOC_ROOT),,--rewind $(DATA_STAMP))
+	$(call claim,$@) $(PY) -m attrlib.data digest $(DATA_ROOT) --into $@ $(if $(VOC_ROOT),,--rewind $(DATA_STAMP))
 
 teacher: $(TEACHER_NBS)  ## train the teachers (notebook 01), one per teacher seed
 targets: $(ALL_TARGETS)  ## every teacher's logits and maps for every training view
@@ -265,9 +263,8 @@ $(2)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $$(DATA_DIGEST) $$(PRO
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p seed $(1) -p out_dir $(2)/teacher -p weights '$$(TEACHER_WEIGHTS)',$$(TEACHER_ENV))
 
 $(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
-	@$$(call time_start,targets)
-	$$(TEACHER_ENV) $$(call run_prefix,targets) $$(PY) -m attrlib.targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
-	@$$(call time_end,targets)
+	@mkdir -p $$(RUNS)
+	$$(TEACHER_ENV) $$(call claim,$$@,,targets) $$(call run_prefix,targets) $$(PY) -m attrlib.targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
 
 $(2)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(2)/teacher/targets.pt
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) -p width_div $$(patsubst x%,%,$$(call word_of,1,$$*)) $$(MATCH_$$(call word_of,2,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,3,$$*)),$$(GRID_ENV))

@@ -19,6 +19,7 @@ lies between teachers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,7 @@ def with_replicate(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _settings(rows: pd.DataFrame, key: str) -> list:
-    return sorted(rows[key].dropna().unique())
+    return sorted(rows[key].dropna().unique()) if key in rows else []
 
 
 def replicate_differences(
@@ -250,3 +251,51 @@ def figure_rows(effects: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     shown = {label(v) for v in figure_iterations(frame)}
     iterative = effects["stage"] == "prune_iterative"
     return effects[~iterative | effects["setting"].isin(shown)]
+
+
+def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | Path | None = None):
+    """effects.csv and summary.md into `out_dir`, the forest plot and the Grad-CAM AUC of
+    every run (PNG, PDF) into `figures_dir` (default `out_dir`); returns the effects."""
+    from attrlib.io import write_text_atomic
+    from attrlib.plots import forest_plot, replicate_strips, save_figure
+
+    frame = with_replicate(frame)
+    out_dir, figures_dir = Path(out_dir), Path(figures_dir or out_dir)
+    effects = effects_table(frame)
+    write_text_atomic(out_dir / "effects.csv", effects.to_csv(index=False))
+    write_text_atomic(out_dir / "summary.md", summary_table(effects))
+    metrics = [m for m in DECISIVE if m in set(effects["metric"])]
+    fig = forest_plot(figure_rows(effects, frame), metrics)
+    save_figure(fig, figures_dir / "forest", formats=("png", "pdf"))
+    if "gradcam auc" in frame:
+        fig = replicate_strips(
+            frame, "gradcam auc", settings={"prune_iterative": figure_iterations(frame)}
+        )
+        save_figure(fig, figures_dir / "replicates_gradcam_auc", formats=("png", "pdf"))
+    return effects
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m attrlib.effects",
+        description="Effects over replicates from a finished study's all_runs.csv: writes "
+        "effects.csv, summary.md and the forest and per-run figures (what notebook 06 writes).",
+    )
+    parser.add_argument("all_runs", help="all_runs.csv written by the paper notebook")
+    parser.add_argument("--out", required=True, help="folder for effects.csv and summary.md")
+    parser.add_argument("--figures", default=None, help="folder for the figures (default --out)")
+    args = parser.parse_args(argv)
+    path = Path(args.all_runs)
+    if not path.is_file():
+        parser.error(
+            f"{path}: no such file (the paper notebook writes runs/<name>/paper/all_runs.csv)"
+        )
+    effects = write_effects(pd.read_csv(path), args.out, args.figures)
+    print(f"{len(effects)} effects -> {args.out}/effects.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

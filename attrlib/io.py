@@ -6,11 +6,13 @@ other ranks every writer here returns the path without touching the disk.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp_path.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold `path`'s lock (flock on `.lock-<name>` beside it, the lock scripts/claim.sh
+    takes): one writer at a time among processes, released when the holder exits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".lock-{path.name}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

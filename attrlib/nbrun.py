@@ -52,6 +52,8 @@ from traitlets import default
 
 _BOUND = "--bound-kernel"
 _PR_SET_PDEATHSIG = 1
+KERNEL_START_TIMEOUT = 300  # seconds a new kernel may take to answer
+KERNEL_STARTS = 3  # kernels started at most, when one dies before answering
 
 
 def _inspect(path: str | Path) -> dict[str, dict]:
@@ -158,15 +160,32 @@ def execute(
         if log_output
         else {}
     )
-    pm.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=parameters,
-        progress_bar=progress_bar,
-        cwd=None if cwd is None else str(cwd),
-        kernel_manager_class=BoundKernelManager,
-        **streams,
-    )
+    for attempt in range(1, KERNEL_STARTS + 1):
+        try:
+            pm.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=parameters,
+                progress_bar=progress_bar,
+                cwd=None if cwd is None else str(cwd),
+                kernel_manager_class=BoundKernelManager,
+                # papermill's 60 s: a kernel importing torch beside a busy grid (four DDP
+                # ranks on two cores) was measured to take longer to answer its first request
+                start_timeout=KERNEL_START_TIMEOUT,
+                **streams,
+            )
+            return
+        except RuntimeError as e:
+            # a kernel that dies before its first reply ran no cell: starting another is safe
+            # (seen once among four grid runs starting side by side; cause not found)
+            if "before replying to kernel_info" not in str(e) or attempt == KERNEL_STARTS:
+                raise
+            logging.getLogger("papermill").warning(
+                "the kernel died while starting (%s); starting another (%d of %d)",
+                e,
+                attempt + 1,
+                KERNEL_STARTS,
+            )
 
 
 class _LogStream:

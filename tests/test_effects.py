@@ -166,3 +166,19 @@ def test_figures_draw_every_effect_and_every_run():
     assert dots == 3 * 6  # every run of every method
     assert len(ax.lines) == 6  # one line per replicate
     plt.close(fig)
+
+
+def test_cli_writes_what_the_paper_notebook_writes(tmp_path, capsys):
+    from attrlib.effects import main
+
+    path = tmp_path / "all_runs.csv"
+    _frame({"KD+SWA": 0.05}).to_csv(path, index=False)
+    assert main([str(path), "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "f")]) == 0
+    effects = pd.read_csv(tmp_path / "out" / "effects.csv")
+    assert list(effects.columns) == list(COLUMNS) and len(effects) == 2
+    assert "▲" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "f" / "forest.png").is_file()
+    assert (tmp_path / "f" / "replicates_gradcam_auc.png").is_file()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.csv"), "--out", str(tmp_path)])
+    assert "missing.csv: no such file" in capsys.readouterr().err

@@ -26,3 +26,24 @@ def test_temp_files_left_by_a_killed_writer_are_swept(tmp_path):
     assert not any(p.exists() for p in stale)
     assert other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.abc123.tmp", "metrics.json"]
+
+
+def test_locked_lets_one_process_in_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    from attrlib.io import locked
+
+    target, done = tmp_path / "runs" / "profile.yaml", tmp_path / "holder-done"
+    holder = (
+        "import time; from attrlib.io import locked\n"
+        f"with locked({str(target)!r}):\n"
+        "    print('in', flush=True); time.sleep(0.5)\n"
+        f"    open({str(done)!r}, 'w').close()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "in\n"
+    with locked(target):
+        assert done.exists()  # in only after the holder had finished and let go
+    proc.wait()
+    assert (tmp_path / "runs" / ".lock-profile.yaml").is_file()

@@ -283,10 +283,15 @@ def test_data_regenerated_byte_for_byte_reruns_nothing(synth_root, tmp_path):
 
 
 def _run_lines(text: str) -> list[str]:
-    """The lines of `make -n` output that execute a notebook or build the teacher's targets."""
-    return [
-        line for line in text.splitlines() if "attrlib.nbrun" in line or "attrlib.targets" in line
-    ]
+    """The lines of `make -n` output that execute a notebook or build the teacher's targets,
+    each as its environment and the command scripts/claim.sh runs (without the claim's
+    target and prerequisites)."""
+    lines = []
+    for line in text.splitlines():
+        if "attrlib.nbrun" in line or "attrlib.targets" in line:
+            env, claimed, rest = line.partition("scripts/claim.sh ")
+            lines.append(env + rest.split(" -- ", 1)[1].lstrip() if claimed else line)
+    return lines
 
 
 def test_nproc_runs_the_training_stages_under_torchrun(tmp_path):

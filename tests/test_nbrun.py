@@ -98,3 +98,37 @@ def test_killing_the_runner_kills_its_kernel_at_once(tmp_path, signum):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatch):
+    import papermill
+
+    from attrlib import nbrun
+
+    nb = write_notebook(tmp_path / "nb.ipynb", "x = 1")
+    calls = []
+
+    def dies_twice(*args, **kwargs):
+        calls.append(kwargs["start_timeout"])
+        if len(calls) <= 2:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(papermill, "execute_notebook", dies_twice)
+    monkeypatch.setattr(nbrun, "KERNEL_STARTS", 3)
+    nbrun.execute(nb, tmp_path / "out.ipynb")
+    assert calls == [nbrun.KERNEL_START_TIMEOUT] * 3
+    calls.clear()
+    monkeypatch.setattr(nbrun, "KERNEL_STARTS", 2)  # gives up after its last start
+    with pytest.raises(RuntimeError, match="kernel_info"):
+        nbrun.execute(nb, tmp_path / "out.ipynb")
+    assert len(calls) == 2
+
+    def failing_cell(*args, **kwargs):  # a cell's error is the notebook's, never retried
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", failing_cell)
+    with pytest.raises(RuntimeError, match="boom"):
+        nbrun.execute(nb, tmp_path / "out.ipynb")
+    assert calls == [1]

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from attrlib.io import write_text_atomic
+    from attrlib.io import locked, write_text_atomic
 
     parser = argparse.ArgumentParser(
         prog="python -m attrlib.profiles",
@@ -388,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.into is None:
         sys.stdout.write(text)
     elif changed:
-        write_text_atomic(args.into, text)  # rewritten only on change: make reads its time
+        with locked(args.into):  # two makes on one runs folder: one writer, one write
+            if not Path(args.into).is_file() or Path(args.into).read_text() != text:
+                write_text_atomic(args.into, text)  # only on change: make reads its time
     return 0
 
 
