@@ -56,7 +56,7 @@ PAPERMILL := $(PY) -m attrlib.nbrun
 # $(RUNS)/timings.csv (spans, not sums, over a stage's runs; a resumed run adds up its
 # invocations: see attrlib/timing.py).
 TIMINGS_LOG := $(RUNS)/.timings.log
-FOLD_TIMINGS = flock $(RUNS)/.lock-timings.csv $(PY) -m attrlib.timing fold $(TIMINGS_LOG) $(RUNS)/timings.csv
+FOLD_TIMINGS = flock $(RUNS)/.timings.csv.lock $(PY) -m attrlib.timing fold $(TIMINGS_LOG) $(RUNS)/timings.csv
 TIMING_RUN := $(shell echo "$$(date +%s)-$$$$")
 # the stage of a run under $(RUNS): its first folder below its teacher's (distill, ...)
 stage_of = $(firstword $(filter-out teacher-s%,$(subst /, ,$(patsubst $(RUNS)/%,%,$(1)))))

@@ -51,11 +51,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 @contextmanager
 def locked(path: str | Path) -> Iterator[None]:
-    """Hold `path`'s lock (flock on `.lock-<name>` beside it, the lock scripts/claim.sh
+    """Hold `path`'s lock (flock on `.<name>.lock` beside it, the lock scripts/claim.sh
     takes): one writer at a time among processes, released when the holder exits."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".lock-{path.name}", "w") as lock:
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

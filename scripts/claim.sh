@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One writer per target: run the command that makes TARGET while holding TARGET's lock.
 #   scripts/claim.sh [-m PARTIAL] [-t "LOG STAGE INVOCATION"] [-l LOCK] TARGET [PREREQ...] -- CMD...
-# The lock is flock(1) on LOCK (default: TARGET's folder/.lock-<name>; -l for a target whose
+# The lock is flock(1) on LOCK (default: TARGET's folder/.<name>.lock; -l for a target whose
 # folder must hold nothing else), held by this script and released when it exits, however
 # it exits (a killed holder frees it). A second make that wants the same target while the
 # first is making it waits; once it holds the lock it runs nothing if TARGET exists and is
@@ -40,7 +40,7 @@ if [ "${1:-}" != -- ] || [ $# -lt 2 ]; then
 fi
 shift
 
-lockfile=${lockfile:-$(dirname "$target")/.lock-$(basename "$target")}
+lockfile=${lockfile:-$(dirname "$target")/.$(basename "$target").lock}
 mkdir -p "$(dirname "$lockfile")"
 exec {lock}>"$lockfile"
 if ! flock -n "$lock"; then

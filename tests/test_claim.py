@@ -123,8 +123,11 @@ def test_two_makes_on_one_runs_folder_run_each_notebook_once(smoke_study, tmp_pa
     ]
     made = [s for s in starts if s.endswith((".ipynb", "targets.pt"))]
     assert len(made) == len(set(made)), pd.Series(made).value_counts().head()
-    notebooks = sorted(str(p.relative_to(runs)) for p in runs.rglob("*.ipynb"))
-    single = sorted(str(p.relative_to(smoke_study.runs)) for p in smoke_study.runs.rglob("*.ipynb"))
+
+    def executed(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("[!.]*.ipynb"))
+
+    notebooks, single = executed(runs), executed(smoke_study.runs)
     assert notebooks == single and len(made) == len(single) + 1  # + the targets
     reference = smoke_study.runs / "paper" / "all_runs.csv"
     assert (runs / "paper" / "all_runs.csv").read_bytes() == reference.read_bytes()

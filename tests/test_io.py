@@ -46,4 +46,4 @@ def test_locked_lets_one_process_in_at_a_time(tmp_path):
     with locked(target):
         assert done.exists()  # in only after the holder had finished and let go
     proc.wait()
-    assert (tmp_path / "runs" / ".lock-profile.yaml").is_file()
+    assert (tmp_path / "runs" / ".profile.yaml.lock").is_file()
