@@ -175,25 +175,43 @@ def unstructured_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([*starts, rows], ignore_index=True)
 
 
+def first_teacher(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the study's first teacher (the lowest teacher seed) and its runs: what
+    the figures of single models show. A frame without `teacher_seed` is one teacher's."""
+    if "teacher_seed" not in frame or frame["teacher_seed"].isna().all():
+        return frame
+    return frame[frame["teacher_seed"] == frame["teacher_seed"].min()]
+
+
+def _replicate(rows: pd.DataFrame) -> pd.Series:
+    """One key per replicate: the seed, or (teacher seed, seed) in a study of teachers."""
+    if "teacher_seed" not in rows:
+        return rows["seed"].astype(str)
+    return rows["teacher_seed"].astype(str) + "/" + rows["seed"].astype(str)
+
+
 def seeds_per_curve(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """Per iterative-pruning method, the (fewest, most) seeds averaged into a point of its
-    curve: distinct seeds per iteration, counted in the frame (the teacher's point aside)."""
+    """Per iterative-pruning method, the (fewest, most) replicates (seeds, or runs of
+    (teacher, seed)) averaged into a point of its curve, counted in the frame (the teacher's
+    point aside)."""
     rows = frame[frame["stage"] == "prune_iterative"]
-    per_point = rows.groupby(["method", "iteration"])["seed"].nunique()
+    rows = rows.assign(replicate=_replicate(rows))
+    per_point = rows.groupby(["method", "iteration"])["replicate"].nunique()
     return {
         method: (int(per_point[method].min()), int(per_point[method].max()))
         for method in method_order("prune_iterative", rows["method"])
     }
 
 
-def _seeds_text(seeds: dict[str, tuple[int, int]]) -> str:
-    """'mean ± sd over 3 seeds', '... over 2-3 seeds' or '... over seeds: naive 3, SWA 2'."""
+def _seeds_text(seeds: dict[str, tuple[int, int]], unit: str = "seeds") -> str:
+    """'mean ± sd over 3 seeds', '... over 2-3 seeds' or '... over seeds: naive 3, SWA 2'
+    (`unit` "runs" in a study of several teachers)."""
     spans = {m: str(lo) if lo == hi else f"{lo}-{hi}" for m, (lo, hi) in seeds.items()}
     if set(spans.values()) == {"1"}:
-        return "one seed (no spread)"
+        return f"one {unit[:-1]} (no spread)"
     if len(set(spans.values())) == 1:
-        return f"mean ± sd over {next(iter(spans.values()))} seeds"
-    return "mean ± sd over seeds: " + ", ".join(f"{m} {n}" for m, n in spans.items())
+        return f"mean ± sd over {next(iter(spans.values()))} {unit}"
+    return f"mean ± sd over {unit}: " + ", ".join(f"{m} {n}" for m, n in spans.items())
 
 
 def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
@@ -231,7 +249,8 @@ def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
         # titles are the tables' column names; the y label says what is better
         ax.set(title=col.replace("map_class", "class mAP"), ylabel=score_label(col, sep="\n"))
     axes[0, 0].legend(fontsize=8)
-    seeds = _seeds_text(seeds_per_curve(frame))
+    teachers = frame["teacher_seed"].nunique() if "teacher_seed" in frame else 1
+    seeds = _seeds_text(seeds_per_curve(frame), "seeds" if teachers <= 1 else "runs")
     fig.suptitle(f"Iterative unstructured pruning: {seeds}; 100% = the unpruned teacher")
     fig.tight_layout()
     return fig
@@ -311,10 +330,11 @@ def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
 
     The teacher, then for each stage's strongest compression (smallest student, highest
     rate, last iteration) every method, the one without matching (KD, naive) before the
-    matched ones; each stage's first seed. A label is the method and the setting as the
+    matched ones; each stage's first seed under the first teacher. A label is the method and the setting as the
     study prints it: 'KD+SWA (x4)', 'naive (rate 0.7)', 'SWA (iteration 16)'.
     """
     chosen = {}
+    frame = first_teacher(frame)
     for stage in STAGES:
         spec = STAGES.get(stage)
         group = frame[frame["stage"] == stage]
@@ -355,12 +375,13 @@ def showcase_pair(teacher: torch.nn.Module, dataset) -> tuple[int, int]:
 
 
 def schedule_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """The iterative-pruning runs of the first seed: (runs, sparsity).
+    """The iterative-pruning runs of the first seed under the first teacher: (runs, sparsity).
 
     `runs` has one row per iteration and one column per matching method (run folders);
     `sparsity` the conv-weight sparsity per iteration (the schedule is the same for all).
     """
-    rows = frame[frame["stage"] == "prune_iterative"]
+    rows = first_teacher(frame)
+    rows = rows[rows["stage"] == "prune_iterative"]
     if rows.empty:
         raise FileNotFoundError("no iterative-pruning runs among the evaluated models")
     rows = rows[rows["seed"] == rows["seed"].min()].astype({"iteration": int})
@@ -388,7 +409,7 @@ def schedule_animation(
     """
     runs_dir = Path(runs_dir)
     runs, sparsity = schedule_runs(frame)
-    reference = frame.loc[frame["stage"] == "teacher", "run"]
+    reference = first_teacher(frame).loc[lambda f: f["stage"] == "teacher", "run"]
     if reference.empty:
         raise FileNotFoundError(f"no evaluated teacher under {runs_dir}")
     teacher, checkpoint = load_model(runs_dir / reference.iloc[0] / "best.pt")

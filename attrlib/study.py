@@ -196,6 +196,14 @@ def grid(profile: str, overrides: str | Sequence[str] = ()) -> Grid:
     )
 
 
+def grid_stages(profile: str, overrides: str | Sequence[str] = ()) -> list[str]:
+    """The stages a profile's `make all` runs: the teacher and every compression stage whose
+    method list is not empty."""
+    g = grid(profile, overrides)
+    methods = {"distill": g.distill, "prune_oneshot": g.oneshot, "prune_iterative": g.iterative}
+    return [s for s in STAGES if methods.get(s, True)]
+
+
 def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
     """The grid as Makefile assignments (`make` includes it)."""
     g, prof = grid(profile, overrides), get_profile(profile, overrides)

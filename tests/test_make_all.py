@@ -117,3 +117,15 @@ def test_make_all_with_a_users_profile_and_overrides(tmp_path):
     resolved = yaml.safe_load((runs / "profile.yaml").read_text())
     assert resolved["name"] == "quick" and resolved["distill"]["epochs"] == 2
     assert (runs / "paper" / "all_runs.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_grid_without_iterative_pruning_still_gets_its_paper(smoke_study, tmp_path):
+    runs = tmp_path / "runs"
+    command = smoke_make(runs, smoke_study.data, "SET=iterative_methods=[]")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    frame = pd.read_csv(runs / "paper" / "all_runs.csv")
+    assert set(frame["stage"]) == {"teacher", "distill", "prune_oneshot"}
+    assert (runs / "paper" / "effects.csv").is_file()
+    assert not (runs / "paper" / "unstructured_auc.png").exists()

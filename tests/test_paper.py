@@ -373,3 +373,20 @@ def test_qualitative_grid_rows_teacher_then_baselines_before_matching():
     assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == expected
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
     plt.close(fig)
+
+
+def test_figures_of_single_models_show_the_first_teacher_and_curves_count_runs():
+    one = _study_frame().assign(sparsity=0.5)
+    frame = pd.concat(
+        [one.assign(teacher_seed=t, run=f"teacher-s{t}/" + one["run"]) for t in (2, 5)],
+        ignore_index=True,
+    )
+    chosen = qualitative_runs(frame)
+    assert all(run.startswith("teacher-s2/") for run in chosen.values())
+    runs, _ = schedule_runs(frame)
+    assert runs.stack().str.startswith("teacher-s2/").all()
+    # two teachers x two seeds: four runs per point of a curve
+    assert seeds_per_curve(frame) == {"naive": (4, 4), "SWA": (4, 4)}
+    fig = unstructured_curves(frame.assign(**{"gradcam auc": 0.9, "map_class": 0.8}))
+    assert "mean ± sd over 4 runs" in fig._suptitle.get_text()
+    plt.close(fig)

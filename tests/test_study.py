@@ -87,3 +87,10 @@ def test_makefile_grid_is_read_without_torch():
     text = makefile_grid("smoke")
     assert "DISTILL_METHODS := kd swa\n" in text
     assert "MATCH_sswa := -p matching swa -p drop_fraction 0.3\n" in text
+
+
+def test_grid_stages_leave_out_a_stage_without_methods():
+    from attrlib.study import grid_stages
+
+    assert grid_stages("smoke") == ["teacher", "distill", "prune_oneshot", "prune_iterative"]
+    assert grid_stages("smoke", "iterative_methods=[] oneshot_methods=[]") == ["teacher", "distill"]
