@@ -27,6 +27,7 @@ from scipy import stats
 
 from attrlib.plots import score_name
 from attrlib.study import NO_MATCHING, STAGES, method_label, method_order
+from attrlib.validity import validity_table, validity_text
 
 REPLICATE = ("teacher_seed", "seed")  # the unit of inference
 LEVEL = 0.95
@@ -254,7 +255,7 @@ def figure_rows(effects: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | Path | None = None):
-    """effects.csv and summary.md into `out_dir`, the forest plot and the Grad-CAM AUC of
+    """effects.csv, validity.csv and summary.md into `out_dir`, the forest plot and the Grad-CAM AUC of
     every run (PNG, PDF) into `figures_dir` (default `out_dir`); returns the effects."""
     from attrlib.io import write_text_atomic
     from attrlib.plots import forest_plot, replicate_strips, save_figure
@@ -263,7 +264,12 @@ def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | P
     out_dir, figures_dir = Path(out_dir), Path(figures_dir or out_dir)
     effects = effects_table(frame)
     write_text_atomic(out_dir / "effects.csv", effects.to_csv(index=False))
-    write_text_atomic(out_dir / "summary.md", summary_table(effects))
+    summary = summary_table(effects)
+    if {"run", "pairs", "map_class"} <= set(frame.columns):  # every model against its bars
+        validity = validity_table(frame)
+        write_text_atomic(out_dir / "validity.csv", validity.to_csv(index=False))
+        summary += "\n" + validity_text(validity)
+    write_text_atomic(out_dir / "summary.md", summary)
     metrics = [m for m in DECISIVE if m in set(effects["metric"])]
     fig = forest_plot(figure_rows(effects, frame), metrics)
     save_figure(fig, figures_dir / "forest", formats=("png", "pdf"))

@@ -215,7 +215,7 @@ def test_results_copies_the_reference_run(tmp_path):
     command = ["make", "results", "PROFILE=smoke", f"RUNS={runs}", f"RESULTS={docs}"]
     command.append(f"RESULT_FIGURES_DIR={figures}")
     (runs / "paper").mkdir(parents=True)
-    tables = ("all_runs.csv", "effects.csv", "summary.md")
+    tables = ("all_runs.csv", "effects.csv", "summary.md", "validity.csv")
     for name in (*tables, "forest.png", "replicates_gradcam_auc.png"):
         (runs / "paper" / name).write_text(name)
     out = subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, text=True)
@@ -224,7 +224,7 @@ def test_results_copies_the_reference_run(tmp_path):
     assert not docs.exists()
     (runs / "timings.csv").write_text("stage,seconds\ntotal,1.0\n")
     subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, check=True)
-    assert sorted(p.name for p in docs.iterdir()) == [*tables, "timings.csv"]
+    assert sorted(p.name for p in docs.iterdir()) == sorted([*tables, "timings.csv"])
     assert (docs / "summary.md").read_text() == "summary.md"
     assert sorted(p.name for p in figures.iterdir()) == ["forest.png", "replicates_gradcam_auc.png"]
 
