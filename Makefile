@@ -178,7 +178,7 @@ timings: | $(STAMP)  ## fold the per-stage wall times into runs/<name>/timings.c
 # Its figures that the README shows go to docs/figures/<name>/.
 RESULTS := docs/results/$(NAME)
 RESULT_FIGURES_DIR := docs/figures/$(NAME)
-RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv validity.csv summary.md) $(RUNS)/timings.csv
+RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv teacher_spread.csv validity.csv summary.md) $(RUNS)/timings.csv
 RESULT_FIGURES := $(addprefix $(RUNS)/paper/,forest.png replicates_gradcam_auc.png)
 results:  ## copy a finished study's tables and timings into docs/results/<name>/, its figures into docs/figures/<name>/
 	@missing=0; for f in $(RESULT_FILES) $(RESULT_FIGURES); do \

@@ -175,7 +175,9 @@ def effects_table(
 
 def teacher_spread(frame: pd.DataFrame, effects: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per effect of `metric`: the standard deviation of the per-teacher mean differences
-    beside that of all replicates (how much of the spread is the teacher's)."""
+    beside that of all replicates (how much of the spread is the teacher's), and the t
+    interval over the per-teacher means (`teacher_ci_low`, `teacher_ci_high`): the reading
+    that counts each teacher once, wider with few teachers."""
     rows = []
     for _, e in effects[effects["metric"] == metric].iterrows():
         spec = STAGES.get(e["stage"])
@@ -183,6 +185,7 @@ def teacher_spread(frame: pd.DataFrame, effects: pd.DataFrame, metric: str) -> p
         setting = next(v for v in values if spec.label(v) == e["setting"])
         d = replicate_differences(frame, e["stage"], setting, e["method"], [metric])[metric]
         per_teacher = d.groupby(level="teacher_seed").mean()
+        mean, low, high = t_interval(per_teacher.to_numpy())
         rows.append(
             {
                 "stage": e["stage"],
@@ -191,6 +194,9 @@ def teacher_spread(frame: pd.DataFrame, effects: pd.DataFrame, metric: str) -> p
                 "teachers": len(per_teacher),
                 "sd_between_teachers": per_teacher.std(),
                 "sd_all_replicates": d.std(),
+                # the conservative reading: each teacher one replicate (its seeds averaged)
+                "teacher_ci_low": low,
+                "teacher_ci_high": high,
             }
         )
     return pd.DataFrame(rows)
@@ -255,7 +261,7 @@ def figure_rows(effects: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | Path | None = None):
-    """effects.csv, validity.csv and summary.md into `out_dir`, the forest plot and the Grad-CAM AUC of
+    """effects.csv, teacher_spread.csv, validity.csv and summary.md into `out_dir`, the forest plot and the Grad-CAM AUC of
     every run (PNG, PDF) into `figures_dir` (default `out_dir`); returns the effects."""
     from attrlib.io import write_text_atomic
     from attrlib.plots import forest_plot, replicate_strips, save_figure
@@ -264,6 +270,10 @@ def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | P
     out_dir, figures_dir = Path(out_dir), Path(figures_dir or out_dir)
     effects = effects_table(frame)
     write_text_atomic(out_dir / "effects.csv", effects.to_csv(index=False))
+    spread = pd.concat(
+        [teacher_spread(frame, effects, m).assign(metric=m) for m in DECISIVE if m in frame]
+    )
+    write_text_atomic(out_dir / "teacher_spread.csv", spread.to_csv(index=False))
     summary = summary_table(effects)
     if {"run", "pairs", "map_class"} <= set(frame.columns):  # every model against its bars
         validity = validity_table(frame)

@@ -177,8 +177,24 @@ def test_cli_writes_what_the_paper_notebook_writes(tmp_path, capsys):
     effects = pd.read_csv(tmp_path / "out" / "effects.csv")
     assert list(effects.columns) == list(COLUMNS) and len(effects) == 2
     assert "▲" in (tmp_path / "out" / "summary.md").read_text()
+    spread = pd.read_csv(tmp_path / "out" / "teacher_spread.csv")
+    assert set(spread["metric"]) == set(METRICS) and set(spread["teachers"]) == {2}
     assert (tmp_path / "f" / "forest.png").is_file()
     assert (tmp_path / "f" / "replicates_gradcam_auc.png").is_file()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.csv"), "--out", str(tmp_path)])
     assert "missing.csv: no such file" in capsys.readouterr().err
+
+
+def test_teacher_spread_counts_each_teacher_once():
+    from attrlib.effects import teacher_spread
+
+    frame = _frame({"KD+SWA": 0.05}, teachers=(0, 1, 2))
+    effects = effects_table(frame, METRICS)
+    row = teacher_spread(frame, effects, "gradcam auc").iloc[0]
+    d = replicate_differences(frame, "distill", 4, "KD+SWA", ["gradcam auc"])["gradcam auc"]
+    means = d.groupby(level="teacher_seed").mean()
+    ci = stats.ttest_1samp(means, 0.0).confidence_interval()
+    assert row["teachers"] == 3
+    assert (row["teacher_ci_low"], row["teacher_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert row["sd_between_teachers"] == pytest.approx(means.std())

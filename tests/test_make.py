@@ -215,7 +215,7 @@ def test_results_copies_the_reference_run(tmp_path):
     command = ["make", "results", "PROFILE=smoke", f"RUNS={runs}", f"RESULTS={docs}"]
     command.append(f"RESULT_FIGURES_DIR={figures}")
     (runs / "paper").mkdir(parents=True)
-    tables = ("all_runs.csv", "effects.csv", "summary.md", "validity.csv")
+    tables = ("all_runs.csv", "effects.csv", "summary.md", "teacher_spread.csv", "validity.csv")
     for name in (*tables, "forest.png", "replicates_gradcam_auc.png"):
         (runs / "paper" / name).write_text(name)
     out = subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, text=True)
