@@ -36,7 +36,7 @@ PROFILE_FILE := $(if $(filter %.yaml %.yml,$(PROFILE)),$(PROFILE),attrlib/profil
 PROFILE_NAME := $(basename $(notdir $(PROFILE_FILE)))
 ifneq ($(filter-out $(NO_PROFILE_GOALS),$(or $(MAKECMDGOALS),all)),)
 ifeq ($(wildcard $(PROFILE_FILE)),)
-$(error PROFILE=$(PROFILE): no such profile; give smoke, default, voc or the path of a .yaml file (copy attrlib/profiles/default.yaml to start one))
+$(error PROFILE=$(PROFILE): no such profile; give smoke, default, replicated, voc or the path of a .yaml file (copy attrlib/profiles/default.yaml to start one))
 endif
 endif
 SET_HASH := $(if $(strip $(SET)),-$(shell printf '%s' '$(strip $(SET))' | sha1sum | cut -c1-8))
@@ -191,7 +191,7 @@ results:  ## copy a finished study's tables and timings into docs/results/<name>
 
 define HELP_VARIABLES
 Variables (make VAR=value ...):
-  PROFILE=smoke|default|voc|path/to/mine.yaml   the profile (default: default); built-ins
+  PROFILE=smoke|default|replicated|voc|path/to/mine.yaml   the profile; built-ins
                          are attrlib/profiles/*.yaml, every field described in default.yaml
   SET="f=v ..."          change profile fields: SET="distill.epochs=10 seeds=[0]"; runs go
                          to runs/<profile>-<hash of SET> (NAME=... names the folder)
@@ -253,7 +253,7 @@ evaluate: $(EVAL_NBS)  ## accuracy and localization of every model (notebook 05)
 # Every finished model of a teacher's folder: the teacher, students, pruned networks,
 # iterations (on the default profile every second iteration: 16 x 6 schedules would double
 # the time of the evaluation, and the curves read as well from 8 points).
-SKIP_ITERATIONS := $(if $(filter default,$(PROFILE_NAME)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
+SKIP_ITERATIONS := $(if $(filter default replicated,$(PROFILE_NAME)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
 
 # The rules of teacher seed $(1) and its folder $(2). Its targets are the teacher's logits and
 # matching maps for every training view, computed once and read by every distillation and

@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "assignments; make includes them.",
     )
     parser.add_argument("command", choices=["grid"])
-    parser.add_argument("profile", help="smoke, default, voc or the path of a .yaml file")
+    parser.add_argument("profile", help="smoke, default, replicated, voc or a .yaml file")
     parser.add_argument("--set", default="", help="overrides: 'seeds=[0] distill.epochs=10'")
     args = parser.parse_args(argv)
     try:

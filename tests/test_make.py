@@ -21,7 +21,7 @@ def _dry_run(*args: str) -> str:
     return out.stdout
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default"])
+@pytest.mark.parametrize("profile", ["smoke", "default", "replicated"])
 def test_make_all_lists_the_stages_in_order(profile, tmp_path):
     # a fresh runs folder so that finished stages of this checkout do not hide any rule
     text = _dry_run(
@@ -39,6 +39,10 @@ def test_make_all_lists_the_stages_in_order(profile, tmp_path):
     positions = [text.find(s) for s in stages]
     assert all(p >= 0 for p in positions), dict(zip(stages, positions, strict=True))
     assert positions == sorted(positions)
+    teachers = 3 if profile == "replicated" else 1
+    assert len([line for line in _run_lines(text) if "nbrun notebooks/01_teacher" in line]) == (
+        teachers
+    )
 
 
 def test_default_grid_covers_the_study(tmp_path):

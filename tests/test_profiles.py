@@ -43,7 +43,7 @@ def _smoke_fields() -> dict:
 
 
 def test_builtin_profiles_are_the_files_beside_the_package():
-    assert sorted(PROFILES) == ["default", "smoke", "voc"]
+    assert sorted(PROFILES) == ["default", "replicated", "smoke", "voc"]
     default = PROFILES["default"]
     # the study's recipe, as the reference run of docs/results/default was made
     assert (default.input_size, default.teacher_width_div, default.student_width_divs) == (
@@ -333,3 +333,12 @@ def test_a_missing_checkpoint_says_what_writes_it(tmp_path):
         load_checkpoint(tmp_path / "runs" / "lab" / "smoke" / "teacher" / "best.pt")
     with pytest.raises(FileNotFoundError, match=r"`make distill` writes it"):
         load_checkpoint(tmp_path / "runs" / "smoke" / "distill" / "x2-kd-s0" / "best.pt")
+
+
+def test_replicated_is_the_default_under_three_teachers():
+    from dataclasses import replace
+
+    replicated, default = PROFILES["replicated"], PROFILES["default"]
+    assert replicated.teacher_seeds == (0, 1, 2) and replicated.seeds == (0, 1, 2)
+    same = replace(replicated, name="default", teacher_seeds=default.teacher_seeds)
+    assert same == default

@@ -275,7 +275,7 @@ def _load_cached(path: str, mtime_ns: int, overrides: tuple[str, ...]) -> Profil
 
 
 def get_profile(source: str | Profile, overrides: str | Iterable[str] | None = ()) -> Profile:
-    """The profile a name (smoke, default, voc) or a YAML file's path names, with overrides.
+    """The profile a name (smoke, default, replicated, voc) or a YAML file's path names, with overrides.
 
     Imports the profile's plugins, so whatever loads a profile sees their methods.
     """
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the built-in profiles, one per line")
     show = sub.add_parser("show", help="the resolved profile as YAML")
-    show.add_argument("profile", help="smoke, default, voc or the path of a .yaml file")
+    show.add_argument("profile", help="smoke, default, replicated, voc or a .yaml file")
     show.add_argument("--set", default="", help="overrides: 'distill.epochs=10 seeds=[0]'")
     show.add_argument("--into", help="write to this file, only when its content changes")
     show.add_argument(
