@@ -180,7 +180,7 @@ RESULTS := docs/results/$(NAME)
 RESULT_FIGURES_DIR := docs/figures/$(NAME)
 RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv teacher_spread.csv validity.csv summary.md) $(RUNS)/timings.csv
 RESULT_FIGURES := $(addprefix $(RUNS)/paper/,forest.png replicates_gradcam_auc.png)
-results:  ## copy a finished study's tables and figures into docs/results/, docs/figures/<name>/
+results:  ## copy a finished study's tables and figures into docs/{results,figures}/<name>/
 	@missing=0; for f in $(RESULT_FILES) $(RESULT_FIGURES); do \
 		[ -f "$$f" ] || { echo "make results: $$f is missing" >&2; missing=1; }; \
 	done; \
