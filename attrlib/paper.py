@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from attrlib.effects import REPLICATE, with_replicate
 from attrlib.engine import load_model
 from attrlib.evaluate import image_maps
 from attrlib.io import write_text_atomic
@@ -183,20 +184,14 @@ def first_teacher(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["teacher_seed"] == frame["teacher_seed"].min()]
 
 
-def _replicate(rows: pd.DataFrame) -> pd.Series:
-    """One key per replicate: the seed, or (teacher seed, seed) in a study of teachers."""
-    if "teacher_seed" not in rows:
-        return rows["seed"].astype(str)
-    return rows["teacher_seed"].astype(str) + "/" + rows["seed"].astype(str)
-
-
 def seeds_per_curve(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
     """Per iterative-pruning method, the (fewest, most) replicates (seeds, or runs of
     (teacher, seed)) averaged into a point of its curve, counted in the frame (the teacher's
     point aside)."""
+    frame = with_replicate(frame)
     rows = frame[frame["stage"] == "prune_iterative"]
-    rows = rows.assign(replicate=_replicate(rows))
-    per_point = rows.groupby(["method", "iteration"])["replicate"].nunique()
+    point = ["method", "iteration"]
+    per_point = rows.drop_duplicates([*point, *REPLICATE]).groupby(point).size()
     return {
         method: (int(per_point[method].min()), int(per_point[method].max()))
         for method in method_order("prune_iterative", rows["method"])
@@ -249,7 +244,7 @@ def unstructured_curves(frame: pd.DataFrame, score: str = "auc") -> plt.Figure:
         # titles are the tables' column names; the y label says what is better
         ax.set(title=col.replace("map_class", "class mAP"), ylabel=score_label(col, sep="\n"))
     axes[0, 0].legend(fontsize=8)
-    teachers = frame["teacher_seed"].nunique() if "teacher_seed" in frame else 1
+    teachers = with_replicate(frame)["teacher_seed"].nunique()
     seeds = _seeds_text(seeds_per_curve(frame), "seeds" if teachers <= 1 else "runs")
     fig.suptitle(f"Iterative unstructured pruning: {seeds}; 100% = the unpruned teacher")
     fig.tight_layout()
