@@ -152,6 +152,8 @@ def effects_table(
         for setting in _settings(group, spec.setting):
             for method in compared:
                 diffs = replicate_differences(frame, stage, setting, method, metrics)
+                if diffs.empty:  # no replicate ran both: nothing to compare at this setting
+                    continue
                 for metric in metrics:
                     d = diffs[metric].dropna().to_numpy()
                     mean, low, high = t_interval(d, level)

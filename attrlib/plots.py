@@ -391,6 +391,8 @@ def forest_plot(effects, metrics: Sequence[str], title: str = "") -> plt.Figure:
     the order given. Filled: the interval excludes 0; hollow: no clear change."""
     from attrlib.study import colour
 
+    if effects.empty or not metrics:
+        return _nothing_to_draw("no effects: no matched run has its baseline run beside it")
     keys = list(
         dict.fromkeys(zip(effects["stage"], effects["setting"], effects["method"], strict=True))
     )
@@ -437,6 +439,8 @@ def replicate_strips(frame, metric: str, settings: dict[str, Sequence] | None = 
 
     settings = settings or {}
     stages = [s for s in STAGES if STAGES.get(s).baseline and (frame["stage"] == s).any()]
+    if not stages:
+        return _nothing_to_draw("no compressed runs")
     teachers = sorted(frame["teacher_seed"].dropna().unique())
     palette = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.8), sharey=True)
@@ -474,4 +478,12 @@ def replicate_strips(frame, metric: str, settings: dict[str, Sequence] | None = 
     ]
     fig.legend(handles=handles, loc="upper right", fontsize=7, frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def _nothing_to_draw(reason: str) -> plt.Figure:
+    """A small figure that says why it is empty, where a study has nothing to draw yet."""
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.text(0.5, 0.5, reason, ha="center", va="center", fontsize=9)
+    ax.set_axis_off()
     return fig

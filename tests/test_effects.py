@@ -198,3 +198,20 @@ def test_teacher_spread_counts_each_teacher_once():
     assert row["teachers"] == 3
     assert (row["teacher_ci_low"], row["teacher_ci_high"]) == pytest.approx((ci.low, ci.high))
     assert row["sd_between_teachers"] == pytest.approx(means.std())
+
+
+def test_figures_of_a_folder_without_pairs_say_so():
+    # one run per stage, as notebooks 01-05 run once each in JupyterLab: nothing to compare
+    frame = _frame({}, teachers=(0,), seeds=(0,))
+    effects = effects_table(frame, METRICS)
+    assert effects.empty
+    teachers_only = frame[frame["stage"] == "teacher"]
+    for fig in (forest_plot(effects, METRICS), replicate_strips(teachers_only, "gradcam auc")):
+        assert any("no " in t.get_text() for t in fig.axes[0].texts)
+        plt.close(fig)
+
+
+def test_a_method_without_its_baseline_in_any_replicate_has_no_row():
+    frame = _frame({"KD+SWA": 0.05})
+    alone = frame[frame["method"] != "KD"]
+    assert effects_table(alone, METRICS).empty
