@@ -18,7 +18,7 @@ lies between teachers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,13 +135,11 @@ def replicate_differences(
     return (per[method] - per[baseline]).dropna(how="all")
 
 
-def effects_table(
-    frame: pd.DataFrame, metrics: Sequence[str] | None = None, level: float = LEVEL
-) -> pd.DataFrame:
-    """One row per stage x setting x compared method x metric: the paired difference over
-    replicates, its interval, sign-flip p and verdict (columns `COLUMNS`)."""
-    metrics = list(metrics) if metrics is not None else metric_columns(frame)
-    rows = []
+def comparisons(frame: pd.DataFrame, metrics: Sequence[str]) -> Iterator[tuple]:
+    """Every comparison the study makes: (stage, setting label, method, baseline, its
+    replicate differences of `metrics`), per stage with a baseline, per setting in order and
+    per method in table order; comparisons without a replicate that ran both are left out."""
+    frame = with_replicate(frame)
     for stage in STAGES:
         spec = STAGES.get(stage)
         group = frame[frame["stage"] == stage]
@@ -152,55 +150,64 @@ def effects_table(
         for setting in _settings(group, spec.setting):
             for method in compared:
                 diffs = replicate_differences(frame, stage, setting, method, metrics)
-                if diffs.empty:  # no replicate ran both: nothing to compare at this setting
-                    continue
-                for metric in metrics:
-                    d = diffs[metric].dropna().to_numpy()
-                    mean, low, high = t_interval(d, level)
-                    rows.append(
-                        {
-                            "stage": stage,
-                            "setting": spec.label(setting),
-                            "method": method,
-                            "baseline": baseline,
-                            "metric": metric,
-                            "n": len(d),
-                            "diff": mean,
-                            "ci_low": low,
-                            "ci_high": high,
-                            "p": sign_flip_p(d),
-                            "verdict": verdict(low, high),
-                        }
-                    )
+                if not diffs.empty:  # no replicate ran both: nothing to compare
+                    yield stage, spec.label(setting), method, baseline, diffs
+
+
+def effects_table(
+    frame: pd.DataFrame, metrics: Sequence[str] | None = None, level: float = LEVEL
+) -> pd.DataFrame:
+    """One row per stage x setting x compared method x metric: the paired difference over
+    replicates, its interval, sign-flip p and verdict (columns `COLUMNS`)."""
+    metrics = list(metrics) if metrics is not None else metric_columns(frame)
+    rows = []
+    for stage, setting, method, baseline, diffs in comparisons(frame, metrics):
+        for metric in metrics:
+            d = diffs[metric].dropna().to_numpy()
+            mean, low, high = t_interval(d, level)
+            rows.append(
+                {
+                    "stage": stage,
+                    "setting": setting,
+                    "method": method,
+                    "baseline": baseline,
+                    "metric": metric,
+                    "n": len(d),
+                    "diff": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "p": sign_flip_p(d),
+                    "verdict": verdict(low, high),
+                }
+            )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def teacher_spread(frame: pd.DataFrame, effects: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per effect of `metric`: the standard deviation of the per-teacher mean differences
+def teacher_spread(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Per comparison and metric: the standard deviation of the per-teacher mean differences
     beside that of all replicates (how much of the spread is the teacher's), and the t
     interval over the per-teacher means (`teacher_ci_low`, `teacher_ci_high`): the reading
     that counts each teacher once, wider with few teachers."""
     rows = []
-    for _, e in effects[effects["metric"] == metric].iterrows():
-        spec = STAGES.get(e["stage"])
-        values = _settings(frame[frame["stage"] == e["stage"]], spec.setting)
-        setting = next(v for v in values if spec.label(v) == e["setting"])
-        d = replicate_differences(frame, e["stage"], setting, e["method"], [metric])[metric]
-        per_teacher = d.groupby(level="teacher_seed").mean()
-        mean, low, high = t_interval(per_teacher.to_numpy())
-        rows.append(
-            {
-                "stage": e["stage"],
-                "setting": e["setting"],
-                "method": e["method"],
-                "teachers": len(per_teacher),
-                "sd_between_teachers": per_teacher.std(),
-                "sd_all_replicates": d.std(),
-                # the conservative reading: each teacher one replicate (its seeds averaged)
-                "teacher_ci_low": low,
-                "teacher_ci_high": high,
-            }
-        )
+    for stage, setting, method, _, diffs in comparisons(frame, metrics):
+        for metric in metrics:
+            d = diffs[metric].dropna()
+            per_teacher = d.groupby(level="teacher_seed").mean()
+            _, low, high = t_interval(per_teacher.to_numpy())
+            rows.append(
+                {
+                    "stage": stage,
+                    "setting": setting,
+                    "method": method,
+                    "teachers": len(per_teacher),
+                    "sd_between_teachers": per_teacher.std(),
+                    "sd_all_replicates": d.std(),
+                    # the conservative reading: each teacher one replicate (its seeds averaged)
+                    "teacher_ci_low": low,
+                    "teacher_ci_high": high,
+                    "metric": metric,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -263,8 +270,9 @@ def figure_rows(effects: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | Path | None = None):
-    """effects.csv, teacher_spread.csv, validity.csv and summary.md into `out_dir`, the forest plot and the Grad-CAM AUC of
-    every run (PNG, PDF) into `figures_dir` (default `out_dir`); returns the effects."""
+    """effects.csv, teacher_spread.csv, validity.csv and summary.md into `out_dir`, the
+    forest plot and the Grad-CAM AUC of every run (PNG, PDF) into `figures_dir` (default
+    `out_dir`); returns the effects."""
     from attrlib.io import write_text_atomic
     from attrlib.plots import forest_plot, replicate_strips, save_figure
 
@@ -272,9 +280,7 @@ def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | P
     out_dir, figures_dir = Path(out_dir), Path(figures_dir or out_dir)
     effects = effects_table(frame)
     write_text_atomic(out_dir / "effects.csv", effects.to_csv(index=False))
-    spread = pd.concat(
-        [teacher_spread(frame, effects, m).assign(metric=m) for m in DECISIVE if m in frame]
-    )
+    spread = teacher_spread(frame, [m for m in DECISIVE if m in frame])
     write_text_atomic(out_dir / "teacher_spread.csv", spread.to_csv(index=False))
     summary = summary_table(effects)
     if {"run", "pairs", "map_class"} <= set(frame.columns):  # every model against its bars
