@@ -156,6 +156,10 @@ PAPER_NB := $(RUNS)/paper/06_paper.ipynb
 PROFILE_ARGS = --profile $(PROFILE) --set '$(SET)'
 PROFILE_PARAMS = -p profile $(PROFILE) $(if $(strip $(SET)),-p overrides '$(SET)')
 COMMON = $(PROFILE_PARAMS) -p data_root $(DATA_ROOT)
+# FAITH_METRICS=deletion,insertion,road: the faithfulness metrics notebook 05 scores (default:
+# every registered one but the opt-in road, whose imputation would more than double the
+# evaluation on a CPU; attrlib/faithfulness.py)
+FAITH_PARAMS = $(if $(FAITH_METRICS),-y "faith_metrics: [$(FAITH_METRICS)]")
 # words of a run name such as x2-swa-s0 or p0.3-naive-s1
 word_of = $(word $(1),$(subst -, ,$(2)))
 # The grid's runs get THREADS threads however they are started (the same seed gives the same
@@ -276,7 +280,7 @@ $(2)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ip
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p model $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) $$(MATCH_$$(call word_of,1,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,2,$$*)),$$(GRID_ENV))
 
 $(2)/evaluate/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(2)/teacher/01_teacher.ipynb $(call distill_nbs,$(1)) $(call oneshot_nbs,$(1)) $(call iterative_nbs,$(1))
-	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) $$(FAITH_PARAMS) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
 endef
 $(foreach t,$(TEACHER_SEEDS),$(eval $(call TEACHER_RULES,$(t),$(call tree,$(t)))))
 

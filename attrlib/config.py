@@ -284,6 +284,24 @@ class EvalConfig(StageConfig):
     methods: tuple[str, ...] = ()  # names in attrlib.attribution.METHODS; () = every one
     batch_size: int = 32
     overwrite: bool = False  # replace an existing eval.json made with another config
+    # faithfulness (attrlib.faithfulness.Faithfulness): a fixed subset of pairs, the same for
+    # every model; faith_pairs 0 scores none
+    faith_pairs: int = 16
+    faith_steps: int = 8
+    faith_baseline: str = "blur"  # blur | mean | zero
+    faith_metrics: tuple[str, ...] = ()  # in attrlib.faithfulness.FAITHFULNESS; (): not opt-in
+
+    def faithfulness(self):
+        """The faithfulness settings of this evaluation (attrlib.faithfulness.Faithfulness)."""
+        from attrlib.faithfulness import Faithfulness
+
+        return Faithfulness(
+            self.faith_pairs,
+            self.faith_steps,
+            self.faith_baseline,
+            tuple(self.faith_metrics),
+            self.seed,
+        )
 
     def _resolve(self, prof: Profile) -> None:
         from attrlib.attribution import METHODS
@@ -306,6 +324,7 @@ class EvalConfig(StageConfig):
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.faithfulness()  # its own checks name the faith_ field at fault
 
 
 @dataclass(frozen=True)

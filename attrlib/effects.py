@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from attrlib.faithfulness import FAITHFULNESS, higher_is_better
 from attrlib.plots import score_name
 from attrlib.study import NO_MATCHING, STAGES, method_label, method_order
 from attrlib.validity import validity_table, validity_text
@@ -49,14 +50,17 @@ DECISIVE = ("gradcam auc", "gradcam pointing", "ebp auc", "ebp pointing", "map_c
 TOO_FEW = "too few replicates"
 
 
-def verdict(low: float, high: float) -> str:
-    """What an interval says: better (above 0), worse (below 0) or no clear change."""
+def verdict(low: float, high: float, higher_is_better: bool = True) -> str:
+    """What an interval says: better (above 0), worse (below 0) or no clear change; for a
+    metric that is better when lower (deletion, ROAD) the other way round."""
     if np.isnan(low) or np.isnan(high):
         return TOO_FEW
+    up = "better" if higher_is_better else "worse"
+    down = "worse" if higher_is_better else "better"
     if low > 0:
-        return "better"
+        return up
     if high < 0:
-        return "worse"
+        return down
     return "no clear change"
 
 
@@ -177,7 +181,7 @@ def effects_table(
                     "ci_low": low,
                     "ci_high": high,
                     "p": sign_flip_p(d),
-                    "verdict": verdict(low, high),
+                    "verdict": verdict(low, high, higher_is_better(metric)),
                 }
             )
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -216,7 +220,20 @@ def summary_metrics(effects: pd.DataFrame) -> list[str]:
     AUC (a plugin's among them)."""
     present = list(dict.fromkeys(effects["metric"]))
     others = [m for m in present if m.endswith(" auc") and m not in DECISIVE]
-    return [m for m in DECISIVE if m in present] + others
+    return [m for m in DECISIVE if m in present] + others + faithfulness_metrics(present)
+
+
+def faithfulness_metrics(
+    present: Sequence[str], methods: Sequence[str] = ("gradcam",)
+) -> list[str]:
+    """The faithfulness columns among `present` of the attribution `methods`, in registry
+    order (the summary shows Grad-CAM's; the faithfulness forest plot Grad-CAM's and EBP's)."""
+    return [
+        f"{method} {score}"
+        for method in methods
+        for score in FAITHFULNESS
+        if f"{method} {score}" in present
+    ]
 
 
 def summary_table(effects: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
@@ -245,9 +262,8 @@ def summary_table(effects: pd.DataFrame, metrics: Sequence[str] | None = None) -
     table.columns = [score_name(c) if c in order else c for c in table.columns]
     return (
         "Matched - baseline per replicate (teacher, seed): mean [95 % t interval]; "
-        "▲ better, ▼ worse (the interval excludes 0), otherwise no clear change.\n\n"
-        + table.to_markdown(index=False)
-        + "\n"
+        "▲ better, ▼ worse (the interval excludes 0; for deletion and ROAD lower is better), "
+        "otherwise no clear change.\n\n" + table.to_markdown(index=False) + "\n"
     )
 
 
@@ -291,6 +307,10 @@ def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | P
     metrics = [m for m in DECISIVE if m in set(effects["metric"])]
     fig = forest_plot(figure_rows(effects, frame), metrics)
     save_figure(fig, figures_dir / "forest", formats=("png", "pdf"))
+    faithful = faithfulness_metrics(list(effects["metric"]), ("gradcam", "ebp"))
+    if faithful:
+        fig = forest_plot(figure_rows(effects, frame), faithful)
+        save_figure(fig, figures_dir / "forest_faithfulness", formats=("png", "pdf"))
     if "gradcam auc" in frame:
         fig = replicate_strips(
             frame, "gradcam auc", settings={"prune_iterative": figure_iterations(frame)}

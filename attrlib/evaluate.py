@@ -31,6 +31,8 @@ from attrlib import distributed
 from attrlib.attribution import METHODS, attribute
 from attrlib.cost import model_cost
 from attrlib.data import class_masks
+from attrlib.faithfulness import Faithfulness, faithfulness_table
+from attrlib.faithfulness import summarize as summarize_faithfulness
 from attrlib.masks import permanent_copy
 from attrlib.metrics import (
     agreement_auc,
@@ -213,12 +215,17 @@ def evaluate_model(
     progress: bool = True,
     *,
     label: str = "",
-) -> tuple[dict, pd.DataFrame]:
-    """Prediction, cost and localization of one model: (summary dict, per-pair table).
+    faithfulness: Faithfulness | None = None,
+) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Prediction, cost, localization and faithfulness of one model: (summary dict, per-pair
+    localization table, per-pair faithfulness table).
 
     The prediction scores are class mAP, the authors' per-sample mAP and F1
     (`attrlib.predict.prediction_metrics`) on `val_set`. `label` names the model in the
-    progress bar (its checkpoint: an evaluation scores many models in a row).
+    progress bar (its checkpoint: an evaluation scores many models in a row). Faithfulness
+    (attrlib.faithfulness) is scored on its fixed pairs of `loc_set` unless `faithfulness` is
+    None or has no pairs; its means join each method's scores in `summary["localization"]`
+    and its mean curves are `summary["faithfulness_curves"]`.
     """
     device = torch.device(device)
     model = permanent_copy(model).to(device)
@@ -226,13 +233,22 @@ def evaluate_model(
     table, counts = localization_table(
         model, loc_set, methods, reference, batch_size, device, progress, label=label
     )
+    per_method = summarize(table)
+    faith, faith_curves = pd.DataFrame(), {}
+    if faithfulness is not None and faithfulness.pairs > 0:
+        methods = METHODS.names() if methods is None else list(methods)
+        faith, faith_curves = faithfulness_table(model, loc_set, methods, faithfulness, device)
+        for method, means in summarize_faithfulness(faith).items():
+            per_method.setdefault(method, {}).update(means)
     summary = {
         **{name: scores[name] for name in ("map_class", "map_sample", "f1")},
         **model_cost(model),
         **counts,
-        "localization": summarize(table),
+        "localization": per_method,
     }
-    return summary, table
+    if faith_curves:
+        summary["faithfulness_curves"] = faith_curves
+    return summary, table, faith
 
 
 def summary_frame(summaries: Sequence[dict]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from scipy import stats
 from attrlib.effects import REPLICATE, with_replicate
 from attrlib.engine import load_model
 from attrlib.evaluate import image_maps
+from attrlib.faithfulness import FAITHFULNESS
 from attrlib.io import write_text_atomic
 from attrlib.plots import (
     attribution_grid,
@@ -32,6 +33,12 @@ from attrlib.study import NO_MATCHING, STAGES, colour, method_label, method_labe
 
 SCORES = ("auc", "pointing", "cosine_teacher", "auc_teacher")
 LOCALIZATION_SCORES = ("auc", "pointing")  # beside them: agreement with the teacher
+
+
+def table_scores() -> tuple[str, ...]:
+    """The per-method scores of the paper's tables: localization, agreement, then every
+    registered faithfulness metric (a plugin's among them; absent columns are skipped)."""
+    return SCORES + tuple(FAITHFULNESS.names())
 
 
 def attribution_methods(frame: pd.DataFrame) -> list[str]:
@@ -148,9 +155,10 @@ def mean_std(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.Dat
     return out
 
 
-def distillation_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> pd.DataFrame:
-    """Teacher, then per student width the methods: mAP, F1, AUC / pointing / agreement."""
-    cols = _metric_columns(frame, scores)
+def distillation_table(frame: pd.DataFrame, scores: Sequence[str] | None = None) -> pd.DataFrame:
+    """Teacher, then per student width the methods: mAP, F1, AUC / pointing / agreement /
+    faithfulness (`table_scores` unless `scores`)."""
+    cols = _metric_columns(frame, scores or table_scores())
     teacher = frame[frame["stage"] == "teacher"].assign(width_div=1)
     students = frame[frame["stage"] == "distill"]
     rows = pd.concat([teacher, students]).astype({"width_div": int})
@@ -161,9 +169,9 @@ def distillation_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> p
     return table.sort_index(key=lambda idx: idx.map(rank) if idx.name == "method" else idx)
 
 
-def structured_table(frame: pd.DataFrame, scores: Sequence[str] = SCORES) -> pd.DataFrame:
+def structured_table(frame: pd.DataFrame, scores: Sequence[str] | None = None) -> pd.DataFrame:
     """Prune rate x {naive, SWA, stochastic SWA}: metrics plus parameters and MACs."""
-    cols = _metric_columns(frame, scores) + ["params", "macs"]
+    cols = _metric_columns(frame, scores or table_scores()) + ["params", "macs"]
     rows = frame[frame["stage"] == "prune_oneshot"]
     return mean_std(rows, ["rate", "method"], cols)
 
@@ -506,3 +514,44 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def faithfulness_curves(
+    runs_dir: str | Path, frame: pd.DataFrame, stage: str, setting, attribution: str = "gradcam"
+) -> dict[str, dict]:
+    """The mean faithfulness curves of one setting's methods and of the teachers, averaged
+    over runs from their eval.json: {label: {metric: {"fractions", "mean", "runs"}}}, the
+    teachers first. Runs evaluated without faithfulness are skipped."""
+    runs_dir = Path(runs_dir)
+    spec = STAGES.get(stage)
+    rows = frame[(frame["stage"] == stage) & (frame[spec.setting] == setting)]
+    teachers = frame[frame["stage"] == "teacher"]
+    groups = [("teacher", teachers)] + [
+        (m, rows[rows["method"] == m]) for m in method_order(stage, rows["method"])
+    ]
+    out: dict[str, dict] = {}
+    for label, group in groups:
+        collected: dict[str, list] = {}
+        fractions: dict[str, list] = {}
+        for run in group["run"]:
+            summary = json.loads((runs_dir / run / "eval.json").read_text())
+            for metric, c in summary.get("faithfulness_curves", {}).get(attribution, {}).items():
+                collected.setdefault(metric, []).append(c["mean"])
+                fractions[metric] = c["fractions"]
+        if collected:
+            out[label] = {
+                m: {"fractions": fractions[m], "mean": np.mean(v, axis=0).tolist(), "runs": len(v)}
+                for m, v in collected.items()
+            }
+    return out
+
+
+def decisive_setting(frame: pd.DataFrame) -> tuple[str, object] | None:
+    """The setting whose faithfulness curves the paper draws: the narrowest distilled
+    student, else the highest one-shot rate, else the last iteration; None without one."""
+    for stage in ("distill", "prune_oneshot", "prune_iterative"):
+        key = STAGES.get(stage).setting
+        values = frame.loc[frame["stage"] == stage, key].dropna() if key in frame else []
+        if len(values):
+            return stage, values.max()
+    return None

@@ -16,8 +16,9 @@ from attrlib.data import MEAN, STD
 from attrlib.distributed import is_main
 from attrlib.io import write_atomic
 
-# What the figures call the study's attribution methods and scores. Every score here is
-# better when higher, and its axis says so; a plugin's method or score keeps its own name.
+# What the figures call the study's attribution methods and scores. Every score is better
+# when higher but the faithfulness metrics registered as lower-is-better (deletion, ROAD:
+# attrlib.faithfulness), and its axis says which; a plugin's method or score keeps its name.
 ATTRIBUTION_NAMES = {"gradcam": "Grad-CAM", "ebp": "EBP", "lrp": "LRP", "rap": "RAP"}
 SCORE_NAMES = {
     "map_class": "class mAP",
@@ -27,6 +28,9 @@ SCORE_NAMES = {
     "pointing": "pointing game",
     "cosine_teacher": "cosine to teacher's map",
     "auc_teacher": "AUC on teacher's top region",
+    "deletion": "deletion",
+    "insertion": "insertion",
+    "road": "ROAD",
 }
 SAVE_DPI = 150  # save_figure's resolution
 # side of one map in attribution_grid: about 1.5 saved pixels per pixel of a 96 px map, and
@@ -38,8 +42,12 @@ def score_label(column: str, sep: str = " ") -> str:
     """Axis label of a score column ('map_class', 'gradcam auc'): its name and, for the
     study's scores, that higher is better ('Grad-CAM AUC (higher is better)'); `sep` goes
     between the two (a line break for a label too long for its axis)."""
+    from attrlib.faithfulness import higher_is_better
+
     name = score_name(column)
-    return f"{name}{sep}(higher is better)" if column.rpartition(" ")[2] in SCORE_NAMES else name
+    if column.rpartition(" ")[2] not in SCORE_NAMES:
+        return name
+    return f"{name}{sep}({'higher' if higher_is_better(column) else 'lower'} is better)"
 
 
 def score_name(column: str) -> str:
@@ -419,7 +427,7 @@ def forest_plot(effects, metrics: Sequence[str], title: str = "") -> plt.Figure:
                 mfc=c if decided else "white",
             )
         ax.axvline(0, color="0.5", lw=0.8)
-        ax.set_title(score_name(metric), fontsize=9)
+        ax.set_title(score_label(metric, "\n"), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[0].set_yticks(list(y.values()), [f"{s} {v} · {m}" for s, v, m in y])
@@ -486,4 +494,38 @@ def _nothing_to_draw(reason: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5, 1.2))
     ax.text(0.5, 0.5, reason, ha="center", va="center", fontsize=9)
     ax.set_axis_off()
+    return fig
+
+
+def faithfulness_curves(
+    curves: dict[str, dict], metrics: Sequence[str], attribution: str, title: str = ""
+) -> plt.Figure:
+    """Mean faithfulness curves, one panel per metric: {label: {metric: {"fractions": [...],
+    "mean": [...], "runs": n}}} (attrlib.paper.faithfulness_curves), class probability over
+    the fraction of pixels perturbed in the order of `attribution`'s maps."""
+    from attrlib.faithfulness import higher_is_better
+    from attrlib.study import colour
+
+    if not curves or not metrics:
+        return _nothing_to_draw("no faithfulness curves: evaluate with faith_pairs > 0")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label, by_metric in curves.items():
+            if metric not in by_metric:
+                continue
+            c = by_metric[metric]
+            runs = f" ({c['runs']} runs)" if c.get("runs", 1) > 1 else ""
+            ax.plot(c["fractions"], c["mean"], marker=".", color=colour(label), label=label + runs)
+        better = "lower" if not higher_is_better(f"{attribution} {metric}") else "higher"
+        ax.set(
+            xlabel="fraction of pixels perturbed, highest first",
+            ylabel="class probability",
+            title=f"{score_name(f'{attribution} {metric}')} (area: {better} is better)",
+        )
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig

@@ -266,7 +266,8 @@ def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[V
 def evaluate_checkpoint(
     cfg: EvalConfig, reference: ReferenceMaps | None = None, progress: bool = True
 ) -> dict:
-    """Score a checkpoint; writes `eval.json` and `eval_pairs.csv` in `cfg.out_dir`.
+    """Score a checkpoint; writes `eval.json`, `eval_pairs.csv` and (unless `cfg.faith_pairs`
+    is 0) `eval_faithfulness.csv` in `cfg.out_dir`.
 
     An existing `eval.json` made with the same config is returned as it is; one made with
     another config is an error unless `cfg.overwrite`. `reference` shares the teacher's maps
@@ -301,7 +302,7 @@ def evaluate_checkpoint(
     size = model.config.input_size
     val = VOCClassification(cfg.data_root, "val", classes, eval_transform(size))
     loc = VOCLocalization(cfg.data_root, "val", classes, size=size)
-    summary, table = evaluate_model(
+    summary, table, faith = evaluate_model(
         model,
         val,
         loc,
@@ -311,6 +312,7 @@ def evaluate_checkpoint(
         device,
         progress,
         label=cfg.checkpoint,
+        faithfulness=cfg.faithfulness(),
     )
     if distributed.is_main():  # one line per model: which one, and what it scored
         print(
@@ -319,6 +321,8 @@ def evaluate_checkpoint(
         )
     summary = {"checkpoint": cfg.checkpoint, "teacher": cfg.teacher, **summary, "config": config}
     write_text_atomic(out_dir / "eval_pairs.csv", table.to_csv(index=False))
+    if not faith.empty:
+        write_text_atomic(out_dir / "eval_faithfulness.csv", faith.to_csv(index=False))
     write_json_atomic(summary_path, summary)
     distributed.barrier()  # rank 0 has written both files before any rank reads them
     return summary

@@ -1,7 +1,7 @@
 """A plugin, as a researcher would write one outside attrlib: three decorated functions.
 
 Imported by name (`plugins=["tests.extension_plugin"]` in the notebooks), it registers an
-attribution method, a matching map and a structured pruning criterion; tests/test_extension.py
+attribution method, a matching map, a structured pruning criterion and a faithfulness metric; tests/test_extension.py
 runs the smoke study with them selected by notebook parameters only.
 """
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from attrlib.attribution import METHODS
 from attrlib.distill import MATCHINGS
+from attrlib.faithfulness import register_faithfulness
 from attrlib.prune import STRUCTURED_CRITERIA
 
 
@@ -38,3 +39,10 @@ def gradient_x_feature_map(feature, logits, classes, create_graph=False, channel
 def l2_filter_norm(weight: torch.Tensor) -> torch.Tensor:
     """L2 norm of each filter: (C_out,)."""
     return weight.flatten(1).norm(dim=1)
+
+
+@register_faithfulness("grey_fill", higher_is_better=False)
+def grey_fill(images, top, baseline, generator=None):
+    """Deletion to the data set's mean colour (0 in the normalised input), whatever the
+    evaluation's baseline."""
+    return images.masked_fill(top, 0.0)

@@ -71,6 +71,12 @@ def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypat
     assert "gradient_x_input auc" in distillation and "| KD+gxf " in distillation
     assert "naive (l2)" in (paper / "table_structured.md").read_text()
     assert "gradient_x_input" in (paper / "summary.md").read_text()
+    # the plugin's faithfulness metric, scored for every method (a plugin method's too)
+    assert {"gradcam grey_fill", "gradient_x_input grey_fill", "gradcam deletion"} <= set(frame)
+    assert frame["gradient_x_input grey_fill"].notna().all()
+    assert "gradcam grey_fill" in distillation
+    effects = pd.read_csv(paper / "effects.csv")
+    assert "gradcam grey_fill" in set(effects["metric"])
     curves = unstructured_curves(frame)  # the notebook's figure, from the same rows
     assert "gradient_x_input auc" in [ax.get_title() for ax in curves.axes]
     assert (paper / "unstructured_auc.png").is_file() and (paper / "qualitative.png").is_file()
