@@ -325,9 +325,11 @@ def faithfulness_pairs(
 class Faithfulness:
     """What an evaluation scores for faithfulness (attrlib.config.EvalConfig's faith_ fields).
 
-    16 pairs and 8 steps keep the three metrics of the four built-in methods within about a
-    quarter of a model's evaluation on a 2-core CPU (benchmarks/evaluate.py --faithfulness);
-    the pairs are the same for every model, so differences between models are paired.
+    16 pairs and 8 steps keep deletion and insertion of the four built-in methods within
+    about a quarter of a model's evaluation on a 2-core CPU (+20 % for the default teacher,
+    +32 % for a one-shot network, +25 % for an x4 student: benchmarks/faithfulness.py,
+    docs/benchmarks.md); the pairs are the same for every model, so differences between
+    models are paired.
     """
 
     pairs: int = 16  # ground-truth (image, class) pairs, a seeded subset; 0 = none
