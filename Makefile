@@ -184,6 +184,8 @@ RESULTS := docs/results/$(NAME)
 RESULT_FIGURES_DIR := docs/figures/$(NAME)
 RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv teacher_spread.csv validity.csv summary.md) $(RUNS)/timings.csv
 RESULT_FIGURES := $(addprefix $(RUNS)/paper/,forest.png replicates_gradcam_auc.png)
+# drawn only where the evaluation scored faithfulness and a method has its baseline beside it
+RESULT_OPTIONAL := $(addprefix $(RUNS)/paper/,forest_faithfulness.png faithfulness_curves.png)
 results:  ## copy a finished study's tables and figures into docs/{results,figures}/<name>/
 	@missing=0; for f in $(RESULT_FILES) $(RESULT_FIGURES); do \
 		[ -f "$$f" ] || { echo "make results: $$f is missing" >&2; missing=1; }; \
@@ -192,6 +194,7 @@ results:  ## copy a finished study's tables and figures into docs/{results,figur
 	@mkdir -p $(RESULTS) $(RESULT_FIGURES_DIR)
 	cp $(RESULT_FILES) $(RESULTS)/
 	cp $(RESULT_FIGURES) $(RESULT_FIGURES_DIR)/
+	@for f in $(RESULT_OPTIONAL); do [ ! -f "$$f" ] || cp "$$f" $(RESULT_FIGURES_DIR)/; done
 
 define HELP_VARIABLES
 Variables (make VAR=value ...):

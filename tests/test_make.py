@@ -231,6 +231,11 @@ def test_results_copies_the_reference_run(tmp_path):
     assert sorted(p.name for p in docs.iterdir()) == sorted([*tables, "timings.csv"])
     assert (docs / "summary.md").read_text() == "summary.md"
     assert sorted(p.name for p in figures.iterdir()) == ["forest.png", "replicates_gradcam_auc.png"]
+    # the faithfulness figures go along where the paper drew them
+    (runs / "paper" / "forest_faithfulness.png").write_text("f")
+    subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, check=True)
+    assert (figures / "forest_faithfulness.png").read_text() == "f"
+    assert not (figures / "faithfulness_curves.png").exists()
 
 
 def test_stage_seeds_repeat_only_that_stage(tmp_path):
