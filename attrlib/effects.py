@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attrlib.faithfulness import FAITHFULNESS, higher_is_better
+from attrlib.faithfulness import higher_is_better, score_names
 from attrlib.plots import score_name
 from attrlib.study import NO_MATCHING, STAGES, method_label, method_order
 from attrlib.validity import validity_table, validity_text
@@ -231,7 +231,7 @@ def faithfulness_metrics(
     return [
         f"{method} {score}"
         for method in methods
-        for score in FAITHFULNESS
+        for score in score_names()
         if f"{method} {score}" in present
     ]
 

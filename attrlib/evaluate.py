@@ -31,7 +31,7 @@ from attrlib import distributed
 from attrlib.attribution import METHODS, attribute
 from attrlib.cost import model_cost
 from attrlib.data import class_masks
-from attrlib.faithfulness import Faithfulness, faithfulness_table
+from attrlib.faithfulness import Faithfulness, faithfulness_table, with_derived
 from attrlib.faithfulness import summarize as summarize_faithfulness
 from attrlib.masks import permanent_copy
 from attrlib.metrics import (
@@ -265,7 +265,7 @@ def summary_frame(summaries: Sequence[dict]) -> pd.DataFrame:
             "sparsity": s["sparsity"],
         }
         for method, scores in s["localization"].items():
-            row.update({f"{method} {metric}": value for metric, value in scores.items()})
+            row.update({f"{method} {metric}": v for metric, v in with_derived(scores).items()})
         rows.append(row)
     return pd.DataFrame(rows).set_index("checkpoint")
 

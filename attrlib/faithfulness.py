@@ -84,6 +84,27 @@ def register_faithfulness(
     return decorator
 
 
+# Scores derived from the metrics' means, better when higher. `ins_del` = insertion -
+# deletion: a network that is surer of a class everywhere lifts both curves by about as much,
+# which raises (worsens) deletion and raises (improves) insertion alike; their difference
+# cancels such a shift and keeps what the map's order adds.
+DERIVED = {"ins_del": ("insertion", "deletion")}
+
+
+def with_derived(scores: dict[str, float]) -> dict[str, float]:
+    """One method's mean scores plus the `DERIVED` ones whose parts are among them."""
+    out = dict(scores)
+    for name, (plus, minus) in DERIVED.items():
+        if plus in scores and minus in scores:
+            out[name] = scores[plus] - scores[minus]
+    return out
+
+
+def score_names() -> list[str]:
+    """Every faithfulness score a table can hold: the registered metrics, then the derived."""
+    return [*FAITHFULNESS.names(), *DERIVED]
+
+
 def higher_is_better(column: str) -> bool:
     """Whether a score column ('gradcam deletion', 'map_class') is better when higher."""
     score = column.rpartition(" ")[2]

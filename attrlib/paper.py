@@ -20,7 +20,7 @@ from scipy import stats
 from attrlib.effects import REPLICATE, with_replicate
 from attrlib.engine import load_model
 from attrlib.evaluate import image_maps
-from attrlib.faithfulness import FAITHFULNESS
+from attrlib.faithfulness import score_names, with_derived
 from attrlib.io import write_text_atomic
 from attrlib.plots import (
     attribution_grid,
@@ -37,8 +37,9 @@ LOCALIZATION_SCORES = ("auc", "pointing")  # beside them: agreement with the tea
 
 def table_scores() -> tuple[str, ...]:
     """The per-method scores of the paper's tables: localization, agreement, then every
-    registered faithfulness metric (a plugin's among them; absent columns are skipped)."""
-    return SCORES + tuple(FAITHFULNESS.names())
+    registered faithfulness metric (a plugin's among them) and the derived ones (absent
+    columns are skipped)."""
+    return SCORES + tuple(score_names())
 
 
 def attribution_methods(frame: pd.DataFrame) -> list[str]:
@@ -126,7 +127,7 @@ def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.Da
         # SWA maps die (ReLU of a negative sum); EWA maps are squares and never do
         row["dead_maps"] = last_dead_maps(folder) if config.get("matching") == "swa" else np.nan
         for method, scores in summary["localization"].items():
-            for score, value in scores.items():
+            for score, value in with_derived(scores).items():
                 row[f"{method} {score}"] = value
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -31,6 +31,7 @@ SCORE_NAMES = {
     "deletion": "deletion",
     "insertion": "insertion",
     "road": "ROAD",
+    "ins_del": "insertion - deletion",
 }
 SAVE_DPI = 150  # save_figure's resolution
 # side of one map in attribution_grid: about 1.5 saved pixels per pixel of a 96 px map, and

@@ -286,3 +286,27 @@ def test_randomisation_check_randomises_more_layers_at_each_step():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     trained = fa.faithfulness_table(model, Data(), ["gradcam"], fa.Faithfulness(pairs=4, steps=4))
     assert frame.iloc[0]["deletion"] == pytest.approx(trained[0]["deletion"].mean())
+
+
+def test_insertion_minus_deletion_cancels_a_uniform_shift():
+    scores = {"auc": 0.9, "deletion": 0.20, "insertion": 0.50}
+    assert fa.with_derived(scores)["ins_del"] == pytest.approx(0.30)
+    assert "ins_del" not in fa.with_derived({"deletion": 0.2})
+    shifted = {k: v + 0.1 for k, v in scores.items()}  # a surer network: both curves lifted
+    assert fa.with_derived(shifted)["ins_del"] == pytest.approx(0.30)
+    assert fa.higher_is_better("gradcam ins_del")
+    assert fa.score_names()[-1] == "ins_del"
+    from attrlib.evaluate import summary_frame
+
+    row = summary_frame(
+        [
+            {
+                "checkpoint": "a/best.pt",
+                **dict.fromkeys(("map_class", "map_sample", "f1", "sparsity"), 0.5),
+                "params": 1,
+                "macs": 1,
+                "localization": {"gradcam": scores},
+            }
+        ]
+    ).iloc[0]
+    assert row["gradcam ins_del"] == pytest.approx(0.30)
