@@ -309,7 +309,8 @@ def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | P
     save_figure(fig, figures_dir / "forest", formats=("png", "pdf"))
     faithful = faithfulness_metrics(list(effects["metric"]), ("gradcam", "ebp"))
     if faithful:
-        fig = forest_plot(figure_rows(effects, frame), faithful)
+        columns = len(faithfulness_metrics(faithful))  # one row per attribution method
+        fig = forest_plot(figure_rows(effects, frame), faithful, columns=columns)
         save_figure(fig, figures_dir / "forest_faithfulness", formats=("png", "pdf"))
     if "gradcam auc" in frame:
         fig = replicate_strips(

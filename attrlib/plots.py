@@ -394,10 +394,13 @@ def schedule_curve(records: Sequence[dict], title: str = "") -> plt.Figure:
     return fig
 
 
-def forest_plot(effects, metrics: Sequence[str], title: str = "") -> plt.Figure:
-    """Paired differences matched - baseline with their intervals: one panel per metric, one
-    row per (stage, setting, method) of `effects` (attrlib.effects.effects_table rows), in
-    the order given. Filled: the interval excludes 0; hollow: no clear change."""
+def forest_plot(
+    effects, metrics: Sequence[str], title: str = "", columns: int | None = None
+) -> plt.Figure:
+    """Paired differences matched - baseline with their intervals: one panel per metric (in
+    rows of `columns` panels; default all in one), one line per (stage, setting, method) of
+    `effects` (attrlib.effects.effects_table rows), in the order given. Filled: the interval
+    excludes 0; hollow: no clear change."""
     from attrlib.study import colour
 
     if effects.empty or not metrics:
@@ -405,10 +408,18 @@ def forest_plot(effects, metrics: Sequence[str], title: str = "") -> plt.Figure:
     keys = list(
         dict.fromkeys(zip(effects["stage"], effects["setting"], effects["method"], strict=True))
     )
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(2.6 * len(metrics) + 2.4, 0.28 * len(keys) + 1.4), sharey=True
+    columns = min(columns or len(metrics), len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig, grid = plt.subplots(
+        rows,
+        columns,
+        figsize=(2.6 * columns + 2.4, rows * (0.28 * len(keys) + 0.9) + 0.5),
+        sharey=True,
+        squeeze=False,
     )
-    axes = np.atleast_1d(axes)
+    for ax in grid.flat[len(metrics) :]:
+        ax.set_axis_off()
+    axes = grid.flat[: len(metrics)]
     y = {key: -i for i, key in enumerate(keys)}
     for ax, metric in zip(axes, metrics, strict=True):
         rows = effects[effects["metric"] == metric]
@@ -431,7 +442,7 @@ def forest_plot(effects, metrics: Sequence[str], title: str = "") -> plt.Figure:
         ax.set_title(score_label(metric, "\n"), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=8)
-    axes[0].set_yticks(list(y.values()), [f"{s} {v} · {m}" for s, v, m in y])
+    grid[0, 0].set_yticks(list(y.values()), [f"{s} {v} · {m}" for s, v, m in y])
     fig.supxlabel("matched - baseline (mean over replicates, 95 % t interval)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)

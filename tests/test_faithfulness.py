@@ -310,3 +310,29 @@ def test_insertion_minus_deletion_cancels_a_uniform_shift():
         ]
     ).iloc[0]
     assert row["gradcam ins_del"] == pytest.approx(0.30)
+
+
+def test_faithfulness_forest_plot_wraps_its_panels():
+    from attrlib.plots import forest_plot
+
+    metrics = ["gradcam deletion", "gradcam insertion", "ebp deletion", "ebp insertion"]
+    effects = pd.DataFrame(
+        [
+            {
+                "stage": "distill",
+                "setting": "x4",
+                "method": "KD+SWA",
+                "metric": m,
+                "diff": 0.01,
+                "ci_low": -0.01,
+                "ci_high": 0.03,
+                "verdict": "no clear change",
+            }
+            for m in metrics
+        ]
+    )
+    fig = forest_plot(effects, metrics, columns=2)
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 4 and len({round(ax.get_position().y0, 3) for ax in shown}) == 2
+    assert "lower is better" in shown[0].get_title()
+    assert "higher is better" in shown[1].get_title()
