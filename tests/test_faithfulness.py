@@ -336,3 +336,27 @@ def test_faithfulness_forest_plot_wraps_its_panels():
     assert len(shown) == 4 and len({round(ax.get_position().y0, 3) for ax in shown}) == 2
     assert "lower is better" in shown[0].get_title()
     assert "higher is better" in shown[1].get_title()
+
+
+def test_shared_ends_read_each_unperturbed_and_fully_perturbed_image_once():
+    class Counting(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.rows = net, 0
+
+        def forward(self, x):
+            self.rows += len(x)
+            return self.net(x)
+
+    model = Counting(random_vgg(num_classes=5, input_size=32, seed=3)).eval()
+    g = torch.Generator().manual_seed(0)
+    images, classes = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 2, 4])
+    maps = [torch.rand(3, 32, 32, generator=g) for _ in range(2)]
+    for metric, points in (("deletion", 5), ("road", 4)):
+        alone = [fa.curves(model, images, classes, m, metric, 4)[1] for m in maps]
+        model.rows, ends = 0, {}
+        shared = [fa.curves(model, images, classes, m, metric, 4, ends=ends)[1] for m in maps]
+        ends_count = 2 if metric == "deletion" else 1  # fractions 0 and 1; ROAD stops before 1
+        assert model.rows == 3 * (2 * points - ends_count)
+        for a, b in zip(alone, shared, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # batch-size rounding
