@@ -9,8 +9,8 @@ fractions it spans):
 
 - `deletion` (MoRF, Petsiuk et al. 2018): the top fraction replaced by a baseline image.
   A faithful map makes the probability fall fast: lower is better.
-- `insertion` (LeRF's mirror): the baseline image with the top fraction put back. A faithful
-  map makes it rise fast: higher is better.
+- `insertion` (Petsiuk et al. 2018): the baseline image with the top fraction put back. A
+  faithful map makes the probability rise fast: higher is better.
 - `road` (Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy for Attribution
   Methods"): the top fraction removed by noisy linear imputation, each removed pixel the
   weighted mean of its eight neighbours (1/6 sides, 1/12 corners) plus Gaussian noise, so the
@@ -25,9 +25,12 @@ imputation of every image is one batched preconditioned conjugate-gradient solve
 
 Scored on a fixed, seeded subset of the ground-truth (image, class) pairs of the evaluation
 set, the same for every model whatever it predicts (`faithfulness_pairs`): comparisons across
-models average over the same pairs. The scores equal Quantus's `RegionPerturbation` (one pixel
-per region) and `ROAD` for the same ordering, steps and baseline, and a per-pair loop written
-from the definitions (tests/test_faithfulness.py).
+models average over the same pairs. Deletion equals Quantus's `RegionPerturbation` (one pixel
+per region, most relevant first) for the same ordering, steps and baseline; ROAD's imputed
+images equal Quantus's `noisy_linear_imputation` and give its `ROAD` arg-max curve (Quantus
+scores whether the arg-max class survives, one label per image; here the class probability,
+as VOC is multi-label); every metric equals a per-pair loop written from the definitions
+(tests/test_faithfulness.py).
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ from attrlib.models import eval_mode
 from attrlib.registry import Registry
 
 BASELINES = ("blur", "mean", "zero")
-BLUR_SIGMA = 0.05  # of the image side: 4.8 px at 96 px, enough to erase the objects' edges
+BLUR_SIGMA = 0.05  # of the image side: 4.8 px at 96 px
 ROAD_NOISE = 0.01  # Quantus's and the ROAD paper's default, on the network's input
-CG_TOLERANCE = (
-    1e-3  # relative residual of the imputation solve: its error stays well under the noise
-)
+# relative residual of the imputation solve: its mean error (~1e-3 of the pixels' std) stays
+# well under the noise ROAD adds
+CG_TOLERANCE = 1e-3
 CHUNK = 256  # perturbed images per forward pass
 
 
