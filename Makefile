@@ -207,6 +207,8 @@ Variables (make VAR=value ...):
   TEACHER_SEEDS          the teachers (default: the profile's teacher_seeds)
   SEEDS, DISTILL_SEEDS, PRUNE_SEEDS     seeds of each teacher's grid (default: the profile's)
   JOBS=n THREADS=n       grid runs at a time, torch threads each (default: cores, 1 each)
+  FAITH_METRICS=deletion,insertion,road  faithfulness metrics of the evaluation (default:
+                         every registered one but the opt-in road)
   GPUS="0 1" NPROC=n LAUNCH="srun ..."  scaling out: docs/scaling.md
   LAB_PORT, TB_PORT      ports of make lab and make tensorboard
 endef
