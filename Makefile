@@ -158,8 +158,9 @@ PROFILE_PARAMS = -p profile $(PROFILE) $(if $(strip $(SET)),-p overrides '$(SET)
 COMMON = $(PROFILE_PARAMS) -p data_root $(DATA_ROOT)
 # FAITH_METRICS=deletion,insertion,road: the faithfulness metrics notebook 05 scores (default:
 # every registered one but the opt-in road, whose imputation would more than double the
-# evaluation on a CPU; attrlib/faithfulness.py)
-FAITH_PARAMS = $(if $(FAITH_METRICS),-y "faith_metrics: [$(FAITH_METRICS)]")
+# evaluation on a CPU; attrlib/faithfulness.py). EVAL_OVERWRITE=1: replace each model's
+# eval.json made with other settings (refused otherwise).
+FAITH_PARAMS = $(if $(FAITH_METRICS),-y "faith_metrics: [$(FAITH_METRICS)]")$(if $(filter 1,$(EVAL_OVERWRITE)), -p overwrite True)
 # words of a run name such as x2-swa-s0 or p0.3-naive-s1
 word_of = $(word $(1),$(subst -, ,$(2)))
 # The grid's runs get THREADS threads however they are started (the same seed gives the same
@@ -209,6 +210,7 @@ Variables (make VAR=value ...):
   JOBS=n THREADS=n       grid runs at a time, torch threads each (default: cores, 1 each)
   FAITH_METRICS=deletion,insertion,road  faithfulness metrics of the evaluation (default:
                          every registered one but the opt-in road)
+  EVAL_OVERWRITE=1       re-score models whose eval.json was made with other settings
   GPUS="0 1" NPROC=n LAUNCH="srun ..."  scaling out: docs/scaling.md
   LAB_PORT, TB_PORT      ports of make lab and make tensorboard
 endef

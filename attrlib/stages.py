@@ -285,7 +285,7 @@ def evaluate_checkpoint(
         if not cfg.overwrite:
             raise FileExistsError(
                 f"{summary_path} was made with another config ({stored.get('config')}); "
-                "pass overwrite=True to replace it"
+                "pass overwrite=True to replace it (make: EVAL_OVERWRITE=1)"
             )
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)

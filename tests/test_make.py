@@ -441,3 +441,11 @@ def test_gpus_give_each_concurrent_run_a_gpu_of_its_own(tmp_path):
     ]
     assert overlapping, "no two runs side by side"
     assert all(a["gpu"] != b["gpu"] for a, b in overlapping), overlapping
+
+
+def test_evaluation_settings_reach_notebook_05(tmp_path):
+    args = ("evaluate", "PROFILE=smoke", f"RUNS={tmp_path}/runs", f"SYNTH_ROOT={tmp_path}/data")
+    plain = _dry_run(*args)
+    assert "faith_metrics" not in plain and "-p overwrite True" not in plain
+    text = _dry_run(*args, "FAITH_METRICS=deletion,road", "EVAL_OVERWRITE=1")
+    assert '-y "faith_metrics: [deletion,road]" -p overwrite True' in text
