@@ -36,7 +36,13 @@ from attrlib.config import Recipe
 from attrlib.distributed import Ranks, RngStreams
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
 from attrlib.masks import attach_masks_, has_masks
-from attrlib.models import VGGVOC, ModelConfig, build_model
+from attrlib.models import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    VGGVOC,
+    ModelConfig,
+    build_model,
+)
 from attrlib.predict import mixed_precision, predict, prediction_metrics
 from attrlib.progress import progress_bar
 from attrlib.views import ViewKeys
@@ -241,6 +247,7 @@ def make_checkpoint(model: VGGVOC, classes: tuple[str, ...], **extra: Any) -> di
     """A checkpoint dict that can rebuild the model on its own (config + class list)."""
     return {
         "version": CHECKPOINT_VERSION,
+        "architecture": model.architecture,
         "model_config": model.config.to_dict(),
         "classes": list(classes),
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -351,7 +358,14 @@ def load_model(
 ) -> tuple[VGGVOC, dict]:
     """Rebuild the model stored in a checkpoint; check its class list when `classes` given."""
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_config"])
+    architecture = ckpt.get("architecture", DEFAULT_ARCHITECTURE)
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: a {architecture!r} network, which no registered architecture builds "
+            f"(registered: {', '.join(ARCHITECTURES.names())}; a plugin may register it)",
+            "foreign",
+        )
+    model = build_model(ckpt["model_config"], architecture)
     if classes is not None:
         check_compatible(ckpt, model.config, classes, source=str(path))
     load_state_(model, ckpt["model_state"], source=str(path))

@@ -8,13 +8,15 @@ torchvision's `features.*` state-dict keys load unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from attrlib.registry import Registry
 
 VGG16_WIDTHS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 POOL_AFTER: frozenset[int] = frozenset({1, 3, 6, 9, 12})  # conv indices followed by a max-pool
@@ -79,6 +81,8 @@ class VGGVOC(nn.Module):
     Follows the authors' VOC variant (Park et al., 2020): no fully connected hidden layers,
     so the input size is fixed when the network is built.
     """
+
+    architecture = "vgg16_bn"  # its name in ARCHITECTURES, stored in checkpoints
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -184,11 +188,23 @@ def vgg16_bn_voc(
     return VGGVOC(ModelConfig(widths, num_classes, input_size, dropout))
 
 
-def build_model(config: ModelConfig | dict) -> VGGVOC:
-    """Rebuild a network from its stored config (students and pruned networks alike)."""
-    if isinstance(config, dict):
-        config = ModelConfig.from_dict(config)
-    return VGGVOC(config)
+# Network families by name: a checkpoint records its family (`VGGVOC.architecture`) beside
+# the family's config, and loading rebuilds through this registry. One family so far.
+ARCHITECTURES: Registry[Callable[[dict], nn.Module]] = Registry("architecture")
+DEFAULT_ARCHITECTURE = "vgg16_bn"  # what a checkpoint without the field holds
+
+
+@ARCHITECTURES.register("vgg16_bn")
+def _vgg16_bn(config: dict) -> VGGVOC:
+    return VGGVOC(ModelConfig.from_dict(config))
+
+
+def build_model(config: ModelConfig | dict, architecture: str = DEFAULT_ARCHITECTURE) -> VGGVOC:
+    """Rebuild a network from its stored config (students and pruned networks alike) and
+    its family's name in `ARCHITECTURES`."""
+    if isinstance(config, ModelConfig):
+        config = config.to_dict()
+    return ARCHITECTURES.get(architecture)(config)
 
 
 def load_torchvision_features_(model: VGGVOC, weights: str | Path | dict) -> VGGVOC:

@@ -15,6 +15,7 @@ from attrlib.engine import (
     fit,
     load_checkpoint,
     load_model,
+    make_checkpoint,
     multilabel_objective,
     train_epoch,
     validate,
@@ -259,3 +260,22 @@ def test_corrupt_last_pt_of_an_unfinished_run_is_moved_aside_and_the_run_starts_
     assert "moved it to last.pt.corrupt; training starts from epoch 1" in capsys.readouterr().out
     assert (tmp_path / "cut" / "last.pt.corrupt").is_file()
     assert _history(metrics) == _history(full)
+
+
+def test_checkpoints_record_their_architecture_and_load_through_the_registry(tmp_path):
+    from attrlib.models import ARCHITECTURES
+
+    model = vgg16_bn_voc(width_div=16, num_classes=3, input_size=32).eval()
+    ckpt = make_checkpoint(model, ("a", "b", "c"))
+    assert ckpt["architecture"] == "vgg16_bn" == model.architecture
+    torch.save(ckpt, tmp_path / "new.pt")
+    legacy = {k: v for k, v in ckpt.items() if k != "architecture"}  # written before the field
+    torch.save(legacy, tmp_path / "old.pt")
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("new.pt", "old.pt"):
+        loaded, _ = load_model(tmp_path / name, classes=("a", "b", "c"))
+        assert torch.equal(loaded.eval()(x), model(x))
+    torch.save({**ckpt, "architecture": "resnet_nope"}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=r"foreign\.pt: a 'resnet_nope' network.*vgg16_bn"):
+        load_model(tmp_path / "foreign.pt")
+    assert "vgg16_bn" in ARCHITECTURES
