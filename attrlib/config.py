@@ -89,6 +89,12 @@ def default_data_root(prof: Profile) -> str:
 ADDED = {"omit_if_default": True}
 
 
+def added_as(value: object) -> dict:
+    """A field added after runs were made, whose value is `value` in every run made before:
+    left out of `config.json` while it holds that value, so those runs' configs still match."""
+    return {"omit_if_default": True, "omitted_value": value}
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """What every stage config has: a profile, the data, an output folder, seed and device.
@@ -140,7 +146,8 @@ class StageConfig:
         """The config as stored in `config.json` and checkpoints."""
         values = asdict(self)
         for f in dataclasses.fields(self):
-            if f.metadata.get("omit_if_default") and values[f.name] == f.default:
+            omitted = f.metadata.get("omitted_value", f.default)
+            if f.metadata.get("omit_if_default") and values[f.name] == omitted:
                 del values[f.name]
         return values
 
@@ -170,16 +177,25 @@ class TeacherConfig(TrainConfig):
     stage: ClassVar[str] = "teacher"  # its folder under runs/<profile>/, in config.json
 
     width_div: int | None = None  # None: the profile's teacher width
-    weights: str = ""  # optional local torchvision vgg16_bn weights file (width_div=1 only)
+    weights: str = ""  # optional local torchvision weights file of the family (width_div=1)
+    # a name in attrlib.architectures.ARCHITECTURES; None: the profile's
+    architecture: str | None = field(default=None, metadata=added_as("vgg16_bn"))
 
     def _profile_defaults(self, prof: Profile) -> dict:
-        return {**super()._profile_defaults(prof), "width_div": prof.teacher_width_div}
+        return {
+            **super()._profile_defaults(prof),
+            "width_div": prof.teacher_width_div,
+            "architecture": prof.architecture,
+        }
 
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.teacher
 
     def _check(self, prof: Profile) -> None:
         super()._check(prof)
+        from attrlib.architectures import ARCHITECTURES  # torch: only where a teacher is made
+
+        ARCHITECTURES.get(self.architecture)  # an unknown name: a KeyError listing the valid ones
         if self.weights and self.width_div != 1:
             raise ValueError(f"weights={self.weights!r} needs width_div=1, got {self.width_div}")
 

@@ -32,17 +32,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from attrlib import distributed
+from attrlib.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, rebuild
 from attrlib.config import Recipe
 from attrlib.distributed import Ranks, RngStreams
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
 from attrlib.masks import attach_masks_, has_masks
-from attrlib.models import (
-    ARCHITECTURES,
-    DEFAULT_ARCHITECTURE,
-    VGGVOC,
-    ModelConfig,
-    build_model,
-)
+from attrlib.models import VGGVOC
 from attrlib.predict import mixed_precision, predict, prediction_metrics
 from attrlib.progress import progress_bar
 from attrlib.views import ViewKeys
@@ -337,16 +332,20 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def check_compatible(
-    ckpt: dict, config: ModelConfig, classes: tuple[str, ...], source: str = "checkpoint"
+    ckpt: dict, config, classes: tuple[str, ...], source: str = "checkpoint"
 ) -> None:
-    """Raise ValueError saying what differs between a checkpoint and a model / class list."""
-    stored = ModelConfig.from_dict(ckpt["model_config"])
+    """Raise ValueError saying what differs between a checkpoint and a model's config (its
+    family's config object) / class list."""
     problems = []
-    if stored.widths != config.widths:
-        problems.append(f"conv widths {list(stored.widths)} vs model {list(config.widths)}")
-    for name in ("num_classes", "input_size"):
-        if getattr(stored, name) != getattr(config, name):
-            problems.append(f"{name} {getattr(stored, name)} vs model {getattr(config, name)}")
+    family = ckpt.get("architecture", DEFAULT_ARCHITECTURE)
+    if family != config.architecture:
+        problems.append(f"a {family} network vs model {config.architecture}")
+    else:
+        stored = ckpt["model_config"]
+        own = config.to_dict()
+        for name in sorted(set(stored) | set(own)):
+            if name != "dropout" and stored.get(name) != own.get(name):
+                problems.append(f"{name} {stored.get(name)} vs model {own.get(name)}")
     if tuple(ckpt["classes"]) != tuple(classes):
         problems.append(f"classes {list(ckpt['classes'])} vs {list(classes)}")
     if problems:
@@ -365,7 +364,7 @@ def load_model(
             f"(registered: {', '.join(ARCHITECTURES.names())}; a plugin may register it)",
             "foreign",
         )
-    model = build_model(ckpt["model_config"], architecture)
+    model = rebuild(architecture, ckpt["model_config"])
     if classes is not None:
         check_compatible(ckpt, model.config, classes, source=str(path))
     load_state_(model, ckpt["model_state"], source=str(path))

@@ -15,8 +15,6 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from attrlib.models import VGGVOC, build_model
-
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """The tensor a module's forward pass uses, detached: `orig * mask` when masked.
@@ -130,7 +128,7 @@ def make_permanent_(model: nn.Module) -> nn.Module:
     return model
 
 
-def permanent_copy(model: VGGVOC) -> VGGVOC:
+def permanent_copy(model: nn.Module) -> nn.Module:
     """`model` itself when it has no masks, else a copy with the masks made permanent.
 
     Attribution rules that rewrite weights (zennit's canonizers) would be undone by the
@@ -141,7 +139,7 @@ def permanent_copy(model: VGGVOC) -> VGGVOC:
     if not has_masks(model):
         return model
     device = next(model.parameters()).device
-    fresh = build_model(model.config).to(device)
+    fresh = type(model)(model.config).to(device)  # same family, same config
     state = model.state_dict()
     attach_masks_(fresh, state)
     fresh.load_state_dict(state)  # strict: same config, so every key fits

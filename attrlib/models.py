@@ -8,15 +8,14 @@ torchvision's `features.*` state-dict keys load unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
-
-from attrlib.registry import Registry
 
 VGG16_WIDTHS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 POOL_AFTER: frozenset[int] = frozenset({1, 3, 6, 9, 12})  # conv indices followed by a max-pool
@@ -30,6 +29,8 @@ MATCHING_LAYERS: tuple[str, ...] = ("attribution", "pool")
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a network; stored in every checkpoint."""
+
+    architecture: ClassVar[str] = "vgg16_bn"
 
     widths: tuple[int, ...] = VGG16_WIDTHS  # output channels of the 13 convs
     num_classes: int = 20
@@ -74,6 +75,10 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**{**d, "widths": tuple(d["widths"])})
 
+    def scaled(self, width_div: int) -> ModelConfig:
+        """A student's config: every conv width // `width_div` (at least 1)."""
+        return replace(self, widths=tuple(max(1, w // width_div) for w in self.widths))
+
 
 class VGGVOC(nn.Module):
     """VGG16-BN with a dropout + linear classifier on the flattened final feature map.
@@ -82,7 +87,8 @@ class VGGVOC(nn.Module):
     so the input size is fixed when the network is built.
     """
 
-    architecture = "vgg16_bn"  # its name in ARCHITECTURES, stored in checkpoints
+    architecture = "vgg16_bn"  # its name in attrlib.architectures, stored in checkpoints
+    matching_layers = MATCHING_LAYERS
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -105,6 +111,15 @@ class VGGVOC(nn.Module):
             nn.Linear(config.widths[-1] * side * side, config.num_classes),
         )
         self._init_weights()
+
+    config_from_dict = staticmethod(ModelConfig.from_dict)
+
+    @classmethod
+    def create(cls, width_div: int, num_classes: int, input_size: int) -> VGGVOC:
+        return vgg16_bn_voc(width_div, num_classes, input_size)
+
+    def load_pretrained_(self, weights: str | Path | dict) -> VGGVOC:
+        return load_torchvision_features_(self, weights)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -188,23 +203,12 @@ def vgg16_bn_voc(
     return VGGVOC(ModelConfig(widths, num_classes, input_size, dropout))
 
 
-# Network families by name: a checkpoint records its family (`VGGVOC.architecture`) beside
-# the family's config, and loading rebuilds through this registry. One family so far.
-ARCHITECTURES: Registry[Callable[[dict], nn.Module]] = Registry("architecture")
-DEFAULT_ARCHITECTURE = "vgg16_bn"  # what a checkpoint without the field holds
-
-
-@ARCHITECTURES.register("vgg16_bn")
-def _vgg16_bn(config: dict) -> VGGVOC:
-    return VGGVOC(ModelConfig.from_dict(config))
-
-
-def build_model(config: ModelConfig | dict, architecture: str = DEFAULT_ARCHITECTURE) -> VGGVOC:
-    """Rebuild a network from its stored config (students and pruned networks alike) and
-    its family's name in `ARCHITECTURES`."""
-    if isinstance(config, ModelConfig):
-        config = config.to_dict()
-    return ARCHITECTURES.get(architecture)(config)
+def build_model(config: ModelConfig | dict) -> VGGVOC:
+    """Rebuild a VGG from its stored config (students and pruned networks alike); any
+    registered family: `attrlib.architectures.rebuild`."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return VGGVOC(config)
 
 
 def load_torchvision_features_(model: VGGVOC, weights: str | Path | dict) -> VGGVOC:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from attrlib import distributed
+from attrlib import architectures, distributed
 from attrlib.config import (
     DistillConfig,
     EvalConfig,
@@ -36,12 +36,6 @@ from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objectiv
 from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.masks import permanent_copy
-from attrlib.models import (
-    VGGVOC,
-    build_model,
-    load_torchvision_features_,
-    vgg16_bn_voc,
-)
 from attrlib.prune import global_prune_, remaining_fraction, structured_prune
 from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profile_kinds
 from attrlib.views import TrainViews, ViewSpec
@@ -92,7 +86,7 @@ def mask_samples(
     return None
 
 
-def load_reference(path: str, data_root: str, device) -> tuple[VGGVOC, tuple[str, ...]]:
+def load_reference(path: str, data_root: str, device) -> tuple[nn.Module, tuple[str, ...]]:
     """A trained reference network (teacher / unpruned) checked against the data's classes."""
     classes = load_classes(data_root)
     model, _ = load_model(path, classes=classes, device=device)
@@ -100,7 +94,7 @@ def load_reference(path: str, data_root: str, device) -> tuple[VGGVOC, tuple[str
 
 
 def _fit_stage(
-    model: VGGVOC,
+    model: nn.Module,
     objective,
     data: tuple,
     cfg,
@@ -135,18 +129,18 @@ def _fit_stage(
         )
 
 
-def train_teacher(cfg: TeacherConfig) -> tuple[VGGVOC, dict]:
+def train_teacher(cfg: TeacherConfig) -> tuple[nn.Module, dict]:
     """Train (or resume, or reload when finished) the teacher; returns (model at best, metrics)."""
     data = build_datasets(cfg.data_root, cfg.profile_spec)
     input_size = cfg.profile_spec.input_size
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    model = vgg16_bn_voc(cfg.width_div, num_classes=len(data[2]), input_size=input_size)
+    model = architectures.create(cfg.architecture, cfg.width_div, len(data[2]), input_size)
     if cfg.weights:
-        load_torchvision_features_(model, cfg.weights)
+        model.load_pretrained_(cfg.weights)
     return model, _fit_stage(model, multilabel_objective, data, cfg)
 
 
-def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
+def train_student(cfg: DistillConfig) -> tuple[nn.Module, dict]:
     """Distil a student (KD, optionally + EWA / SWA / stochastic SWA matching)."""
     teacher, classes = load_reference(cfg.teacher, cfg.data_root, stage_device(cfg.device))
     t_cfg = teacher.config
@@ -155,9 +149,8 @@ def train_student(cfg: DistillConfig) -> tuple[VGGVOC, dict]:
             f"teacher {cfg.teacher} takes {t_cfg.input_size} px inputs, profile "
             f"{cfg.profile!r} uses {cfg.profile_spec.input_size} px"
         )
-    widths = tuple(max(1, w // cfg.width_div) for w in t_cfg.widths)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    student = build_model(dataclasses.replace(t_cfg, widths=widths))
+    student = architectures.rebuild(teacher.architecture, t_cfg.scaled(cfg.width_div))
     data = build_datasets(cfg.data_root, cfg.profile_spec, classes)
     objective = CompressionObjective(
         teacher,
@@ -187,7 +180,7 @@ def _targets(cfg, train: TrainViews, epochs: int) -> TeacherTargets | None:
     return store
 
 
-def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
+def _pruning_inputs(cfg) -> tuple[nn.Module, CompressionObjective, tuple]:
     """(network to prune, CE + matching objective against the reference, datasets)."""
     device = stage_device(cfg.device)
     model, classes = load_reference(cfg.model, cfg.data_root, device)
@@ -209,7 +202,7 @@ def _pruning_inputs(cfg) -> tuple[VGGVOC, CompressionObjective, tuple]:
     return model, objective, data
 
 
-def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
+def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[nn.Module, dict]:
     """Structured pruning (`cfg.criterion`, L1 by default) at `cfg.rate`, then fine-tuning
     with CE (+ matching)."""
     model, objective, data = _pruning_inputs(cfg)
@@ -217,7 +210,9 @@ def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[VGGVOC, dict]:
     return pruned, _fit_stage(pruned, objective, data, cfg)
 
 
-def prune_iterative(cfg: PruneIterativeConfig, progress: bool = True) -> tuple[VGGVOC, list[dict]]:
+def prune_iterative(
+    cfg: PruneIterativeConfig, progress: bool = True
+) -> tuple[nn.Module, list[dict]]:
     """Global pruning (`cfg.criterion`, magnitude by default) of `cfg.fraction` of the
     remaining conv weights per iteration, each followed by fine-tuning; iteration k lives in
     `out_dir/iter_{k:02d}/`.

@@ -30,3 +30,23 @@ def random_vgg(num_classes: int, input_size: int, seed: int) -> nn.Module:
                 m.weight.normal_(0.0, 0.3)
                 m.bias.normal_(0.0, 0.1)
     return model
+
+
+def random_resnet(num_classes: int, input_size: int, seed: int) -> nn.Module:
+    """A width/16 ResNet-18 (last stage at stride 1) with random batch-norm statistics and
+    classifier, for the same reason as `random_vgg`."""
+    from attrlib.resnet import ResNetVOC
+
+    torch.manual_seed(seed)
+    model = ResNetVOC.create(16, num_classes, input_size)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, 0.3)
+                m.bias.normal_(0.0, 0.1)
+    return model

@@ -100,13 +100,17 @@ def test_round_trip_through_config_json(cls, tmp_path):
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in init}
     )
     assert again == cfg
-    assert set(stored) >= init - {"criterion", "overrides"}  # stored only when set
+    added = {"criterion", "overrides", "architecture"}  # stored only when not as before
+    assert set(stored) >= init - added
 
 
 def test_fields_added_later_are_stored_only_when_set():
     """A finished run of before (no `criterion` in its config) still matches its config."""
     assert "criterion" not in PruneOneShotConfig().to_dict()
     assert "criterion" not in PruneIterativeConfig().to_dict()
+    assert "architecture" not in TeacherConfig().to_dict()  # vgg16_bn, as every run before
+    resnet = TeacherConfig(profile="smoke", overrides=("architecture=resnet",))
+    assert resnet.to_dict()["architecture"] == "resnet"
     from attrlib.prune import STRUCTURED_CRITERIA
 
     @STRUCTURED_CRITERIA.register("test_config_l2")

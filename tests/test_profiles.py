@@ -27,6 +27,7 @@ from attrlib.profiles import (
     get_profile,
     load_file,
     main,
+    to_yaml,
 )
 from attrlib.study import grid, makefile_grid
 
@@ -342,3 +343,10 @@ def test_replicated_is_the_default_under_three_teachers():
     assert replicated.teacher_seeds == (0, 1, 2) and replicated.seeds == (0, 1, 2)
     same = replace(replicated, name="default", teacher_seeds=default.teacher_seeds)
     assert same == default
+
+
+def test_the_resolved_profile_names_the_family_only_when_it_is_not_the_default():
+    """Runs made before the field existed keep their resolved profile, so make reruns none."""
+    assert "architecture" not in to_yaml(get_profile("smoke"))
+    resnet = get_profile("smoke", "architecture=resnet")
+    assert resnet.architecture == "resnet" and "architecture: resnet" in to_yaml(resnet)

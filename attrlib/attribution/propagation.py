@@ -19,6 +19,13 @@ from attrlib.models import eval_mode
 
 def flat_layers(model: nn.Module) -> list[nn.Module]:
     """The network as one flat list: features, flatten, classifier (ending in its one Linear)."""
+    if not (hasattr(model, "features") and hasattr(model, "classifier")):
+        family = getattr(model, "architecture", type(model).__name__)
+        raise NotImplementedError(
+            f"layer-by-layer relevance propagation (LRP, RAP) walks a sequential network "
+            f"(features, classifier: vgg16_bn); a {family} network has residual sums it "
+            "would not follow. Evaluate it with the other methods (e.g. gradcam, ebp)."
+        )
     layers = [*model.features, nn.Flatten(1), *model.classifier]
     if not isinstance(layers[-1], nn.Linear) or any(isinstance(m, nn.Linear) for m in layers[:-1]):
         raise ValueError("relevance propagation here expects one Linear, the classifier's last")

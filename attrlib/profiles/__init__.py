@@ -15,7 +15,7 @@ import difflib
 import shlex
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -79,7 +79,7 @@ class Profile:
     name: str  # the file's name: runs go to runs/<name>/, data to data/synthvoc-<name>/
     input_size: int  # pixels fed to the network
     scale_min: float  # lower area bound of RandomResizedCrop
-    teacher_width_div: int  # 1 = the paper's VGG16-BN
+    teacher_width_div: int  # 1 = the family's full widths (VGG16-BN: the paper's network)
     student_width_divs: tuple[int, ...]  # students' extra division of the teacher's widths
     teacher: Recipe
     distill: Recipe
@@ -108,6 +108,9 @@ class Profile:
     # rank's shard. Off everywhere: not measured to train better on any profile yet.
     sync_bn: bool = False
     plugins: tuple[str, ...] = ()  # modules imported with the profile (they register methods)
+    # the teachers' family (attrlib.architectures); left out of the resolved profile while
+    # it is the default, so runs made before the field do not count as made with another
+    architecture: str = field(default="vgg16_bn", metadata={"omit_if_default": True})
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -310,6 +313,9 @@ def get_profile(source: str | Profile, overrides: str | Iterable[str] | None = (
 def to_yaml(prof: Profile) -> str:
     """The profile as YAML, every field (its name omitted: a file's name is its name)."""
     data = {k: v for k, v in asdict(prof).items() if k != "name"}
+    for f in dataclasses.fields(prof):
+        if f.metadata.get("omit_if_default") and data[f.name] == f.default:
+            del data[f.name]
     return yaml.safe_dump(_lists(data), sort_keys=False)
 
 
