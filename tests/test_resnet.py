@@ -253,3 +253,69 @@ def test_iterative_pruning_masks_every_resnet_conv(synth_root, resnet_teacher, t
     final, records = stages.prune_iterative(cfg, progress=False)
     assert isinstance(final, ResNetVOC) and len(records) == 1
     assert load_checkpoint(tmp_path / "it" / "final.pt")["architecture"] == "resnet"
+
+
+# ---------------------------------------------------------------- structured pruning
+
+
+def test_block_internal_pruning_is_smaller_and_computes_the_masked_network():
+    from attrlib.cost import count_macs, count_params
+    from attrlib.prune import structured_prune
+    from attrlib.prune.structured import block_conv_names, keep_indices
+
+    model = random_resnet(NUM_CLASSES, SIZE, seed=4).eval()
+    pruned = structured_prune(model, 0.5)
+    assert pruned.config.inner == (2, 2, 4, 4, 8, 8, 16, 16)  # half of each block, round
+    assert pruned.config.widths == model.config.widths  # tied through the sums: whole
+    assert count_params(pruned) < count_params(model)
+    assert count_macs(pruned, SIZE) < count_macs(model, SIZE)
+    # the masked network: removed inner channels zeroed after their batch norm + ReLU
+    masked = rebuild("resnet", model.config).eval()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name in block_conv_names(model):
+            block = masked.get_submodule(name.rpartition(".")[0])
+            drop = torch.ones(block.conv1.out_channels, dtype=torch.bool)
+            drop[keep_indices(model.get_submodule(name), 0.5)] = False
+            block.bn1.weight[drop] = 0.0
+            block.bn1.bias[drop] = 0.0
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(pruned(x), model(x), atol=1e-3)  # something was cut
+
+
+def test_resnet_pruning_rates_name_block_convs_only():
+    from attrlib.prune import structured_prune
+
+    model = random_resnet(NUM_CLASSES, SIZE, seed=4)
+    only = structured_prune(model, {"layer4.1.conv1": 0.75})
+    assert only.config.inner == (4, 4, 8, 8, 16, 16, 32, 8)
+    with pytest.raises(ValueError, match=r"first conv of each block only.*layer4\.1\.conv2"):
+        structured_prune(model, {"layer4.1.conv2": 0.5})
+    with pytest.raises(ValueError, match="layer1.0.conv1"):
+        structured_prune(model, {"layer1.0.conv1": 1.0})
+    global_prune_(model, 0.3)  # masks: copied as the zeros they are
+    pruned = structured_prune(model, 0.25)
+    assert not has_masks(pruned) and pruned.config.inner[0] == 3
+
+
+def test_one_shot_pruning_of_a_resnet_teacher_through_the_stage(
+    synth_root, resnet_teacher, tmp_path
+):
+    from attrlib.config import PruneOneShotConfig
+
+    cfg = PruneOneShotConfig(
+        profile="smoke",
+        data_root=str(synth_root),
+        model=str(resnet_teacher / "best.pt"),
+        teacher=str(resnet_teacher / "best.pt"),
+        matching="swa",
+        rate=0.5,
+        out_dir=str(tmp_path / "p"),
+        device="cpu",
+    )
+    pruned, _ = stages.prune_oneshot(cfg)
+    assert isinstance(pruned, ResNetVOC) and pruned.config.inner == (2, 2, 4, 4, 8, 8, 16, 16)
+    reloaded, _ = load_model(tmp_path / "p" / "best.pt")
+    assert reloaded.config == pruned.config

@@ -1,8 +1,15 @@
-"""Structured pruning: whole filters cut out, giving a physically smaller VGG.
+"""Structured pruning: whole filters cut out, giving a physically smaller network.
 
-The architecture is data, so a pruned VGG is just another list of widths: `structured_prune`
-scores each conv's filters (`criteria.STRUCTURED_CRITERIA`), builds the network with the
-kept widths and copies the kept slices of every tensor into it.
+The architecture is data, so a pruned network is just another config: `structured_prune`
+scores each prunable conv's filters (`criteria.STRUCTURED_CRITERIA`), builds the network
+with the kept widths and copies the kept slices of every tensor into it.
+- VGG16-BN: any conv (the paper's schedule: the first and the last six), its batch norm, the
+  next conv's inputs and, after the last conv, the classifier's columns.
+- ResNet: the inner width of each residual block (its first conv, batch norm, and the second
+  conv's inputs), as Li et al. prune ResNets. The stage widths are tied through the residual
+  sums (a block's output is added to its input), so cutting one would mean cutting every
+  tensor of the sum together; block-internal pruning needs no dependency graph: the surgery
+  is three slices per block (hence no Torch-Pruning here).
 
 Paper: Park et al. (2020), one-shot structured pruning, after Li et al. (2017) L1-norm
 filter pruning.
@@ -15,10 +22,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from attrlib.masks import effective_weight
+from attrlib.masks import effective_weight, permanent_copy
 from attrlib.models import VGGVOC, build_model
 from attrlib.prune.criteria import STRUCTURED_CRITERIA, lookup
 from attrlib.prune.schedule import check_rate, conv_names, resolve_rates
+from attrlib.resnet import ResNetVOC
 
 
 def num_kept(c_out: int, rate: float) -> int:
@@ -91,6 +99,14 @@ def structured_prune(
         ValueError: a rate outside [0, 1) (names the layer), an unknown conv name or an
             unknown criterion (lists the registered ones).
     """
+    if isinstance(model, ResNetVOC):
+        return _prune_resnet_blocks(model, rates, criterion)
+    if not isinstance(model, VGGVOC):
+        family = getattr(model, "architecture", type(model).__name__)
+        raise NotImplementedError(
+            f"structured pruning cuts vgg16_bn and resnet networks; a {family} network needs "
+            "its own surgery here (iterative unstructured pruning works on any family)"
+        )
     per_conv = resolve_rates(model, rates)
     lookup(STRUCTURED_CRITERIA, criterion)  # fail before any work
     keeps = [
@@ -125,6 +141,51 @@ def structured_prune(
     old_fc, new_fc = model.classifier[-1], pruned.classifier[-1]
     new_fc.weight.copy_(effective_weight(old_fc)[:, columns])  # (K, C'*s*s)
     new_fc.bias.copy_(effective_weight(old_fc, "bias"))  # (K,)
+    pruned.train(model.training)
+    return pruned
+
+
+def block_conv_names(model: ResNetVOC) -> list[str]:
+    """The prunable convs of a ResNet: each block's first conv, `layer1.0.conv1`, ..."""
+    return [
+        f"layer{s + 1}.{b}.conv1" for s, stage in enumerate(model.stages) for b in range(len(stage))
+    ]
+
+
+def _prune_resnet_blocks(
+    model: ResNetVOC, rates: dict[str, float] | float, criterion: str
+) -> ResNetVOC:
+    """`structured_prune` of a ResNet: a float rate prunes every block's inner width; a
+    dict names blocks' first convs (`block_conv_names`, missing ones: 0)."""
+    names = block_conv_names(model)
+    if isinstance(rates, (int, float)) and not isinstance(rates, bool):
+        rates = dict.fromkeys(names, float(rates))
+    unknown = sorted(set(rates) - set(names))
+    if unknown:
+        raise ValueError(
+            f"a resnet prunes the first conv of each block only; unknown or tied conv(s) "
+            f"{unknown}; valid names: {', '.join(names)}"
+        )
+    for name, rate in rates.items():
+        check_rate(rate, layer=name)
+    lookup(STRUCTURED_CRITERIA, criterion)  # fail before any work
+    blocks = [block for stage in model.stages for block in stage]
+    keeps = [
+        keep_indices(block.conv1, rates.get(name, 0.0), criterion)
+        for name, block in zip(names, blocks, strict=True)
+    ]
+    param = next(model.parameters())
+    config = dataclasses.replace(model.config, inner=tuple(len(k) for k in keeps))
+    pruned = ResNetVOC(config).to(device=param.device, dtype=param.dtype)
+    # masked (unstructurally pruned) weights are copied as the zeros they are
+    state = {k: v.detach() for k, v in permanent_copy(model).state_dict().items()}
+    for name, keep in zip(names, keeps, strict=True):
+        block = name.rpartition(".")[0]  # layerS.B
+        state[f"{block}.conv1.weight"] = state[f"{block}.conv1.weight"][keep]
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            state[f"{block}.bn1.{attr}"] = state[f"{block}.bn1.{attr}"][keep]
+        state[f"{block}.conv2.weight"] = state[f"{block}.conv2.weight"][:, keep]
+    pruned.load_state_dict(state)  # strict: every tensor of the new shapes, nothing else
     pruned.train(model.training)
     return pruned
 
