@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from attrlib import distributed
-from attrlib.attribution import METHODS, attribute
+from attrlib.attribution import METHODS, attribute, refusal
 from attrlib.cost import model_cost
 from attrlib.data import class_masks
 from attrlib.faithfulness import Faithfulness, faithfulness_table, with_derived
@@ -229,6 +229,13 @@ def evaluate_model(
     """
     device = torch.device(device)
     model = permanent_copy(model).to(device)
+    methods = METHODS.names() if methods is None else list(methods)
+    # a method whose rules cannot follow this network's family (LRP / RAP on a ResNet) is
+    # left out and named in the summary, instead of drawing a wrong map
+    refused = {m: why for m in methods if (why := refusal(model, m))}
+    methods = [m for m in methods if m not in refused]
+    for method, why in refused.items():
+        print(f"{label or 'model'}: {method} not evaluated: {why}")
     scores = prediction_metrics(*predict(model, val_set, device))
     table, counts = localization_table(
         model, loc_set, methods, reference, batch_size, device, progress, label=label
@@ -236,7 +243,6 @@ def evaluate_model(
     per_method = summarize(table)
     faith, faith_curves = pd.DataFrame(), {}
     if faithfulness is not None and faithfulness.pairs > 0:
-        methods = METHODS.names() if methods is None else list(methods)
         faith, faith_curves = faithfulness_table(model, loc_set, methods, faithfulness, device)
         for method, means in summarize_faithfulness(faith).items():
             per_method.setdefault(method, {}).update(means)
@@ -248,6 +254,8 @@ def evaluate_model(
     }
     if faith_curves:
         summary["faithfulness_curves"] = faith_curves
+    if refused:
+        summary["refused_methods"] = refused
     return summary, table, faith
 
 
@@ -296,6 +304,7 @@ def image_maps(
                 0
             ].cpu()
             for method in methods
+            if refusal(model, method) is None  # LRP / RAP have no map of a ResNet
         }
         for name, model in models.items()
     }

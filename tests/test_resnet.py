@@ -319,3 +319,37 @@ def test_one_shot_pruning_of_a_resnet_teacher_through_the_stage(
     assert isinstance(pruned, ResNetVOC) and pruned.config.inner == (2, 2, 4, 4, 8, 8, 16, 16)
     reloaded, _ = load_model(tmp_path / "p" / "best.pt")
     assert reloaded.config == pruned.config
+
+
+# ---------------------------------------------------------------- evaluation of a ResNet
+
+
+def test_evaluation_leaves_out_and_names_the_methods_a_resnet_refuses(synth_root, resnet_teacher):
+    from attrlib.data import VOCClassification, VOCLocalization, eval_transform, load_classes
+    from attrlib.evaluate import evaluate_model, image_maps
+    from attrlib.faithfulness import Faithfulness
+
+    classes = load_classes(synth_root)
+    model, _ = load_model(resnet_teacher / "best.pt", classes=classes)
+    with torch.no_grad():
+        model.fc.bias += 10.0  # every class predicted: every ground-truth pair is scored
+    val = VOCClassification(synth_root, "val", classes, transform=eval_transform(32))
+    loc = VOCLocalization(synth_root, "val", classes, size=32)
+    summary, table, faith = evaluate_model(
+        model,
+        val,
+        loc,
+        methods=["gradcam", "lrp", "ebp", "rap"],
+        progress=False,
+        faithfulness=Faithfulness(pairs=3, steps=2),
+    )
+    assert set(summary["refused_methods"]) == {"lrp", "rap"}
+    assert "residual sums" in summary["refused_methods"]["lrp"]
+    assert set(table["method"]) == {"gradcam", "ebp"} and set(faith["method"]) <= {
+        "gradcam",
+        "ebp",
+    }
+    assert set(summary["localization"]) == {"gradcam", "ebp"}
+    image, _, _ = loc[0]
+    maps = image_maps({"teacher": model}, image, 0, ["gradcam", "lrp"])
+    assert list(maps["teacher"]) == ["gradcam"]

@@ -17,6 +17,7 @@ from attrlib.attribution.base import (
     METHODS,
     AttributionFn,
     attribute,
+    refusal,
     register_layer_method,
     upsample,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "METHODS",
     "AttributionFn",
     "attribute",
+    "refusal",
     "register_layer_method",
     "upsample",
 ]

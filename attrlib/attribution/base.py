@@ -47,6 +47,13 @@ def register_layer_method(name: str) -> Callable[[AttributionFn], AttributionFn]
     return decorator
 
 
+def refusal(model: nn.Module, method: str) -> str | None:
+    """Why `method` cannot explain `model` (a network family its rules cannot follow), or
+    None. A method declares it with a `refuses(model) -> str | None` attribute."""
+    check = getattr(METHODS.get(method), "refuses", None)
+    return check(model) if check is not None else None
+
+
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, h, w) -> (B, H, W), bilinear with align_corners=False (as Captum and the authors)."""
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -74,6 +81,9 @@ def attribute(
         (B, H, W) float maps, not normalised.
     """
     fn = METHODS.get(method)
+    why = refusal(model, method)
+    if why:
+        raise NotImplementedError(f"{method}: {why}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     if classes.ndim != 1 or classes.shape[0] != images.shape[0]:

@@ -125,3 +125,7 @@ def lrp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
         elif not isinstance(layer, (nn.BatchNorm2d, nn.ReLU, nn.Dropout)):
             raise TypeError(f"LRP has no rule for {type(layer).__name__}")
     return relevance.sum(dim=1).detach()  # (B, H, W)
+
+
+# the rules follow a sequential network only (attrlib.attribution.base.refusal)
+lrp.refuses = propagation.sequential_refusal

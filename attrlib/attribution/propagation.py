@@ -17,15 +17,24 @@ from torch.nn.modules.utils import _pair
 from attrlib.models import eval_mode
 
 
+def sequential_refusal(model: nn.Module) -> str | None:
+    """Why the layer-by-layer rules cannot walk `model`, or None when they can (a network of
+    `features` then `classifier`: vgg16_bn, or a plugin family built the same way)."""
+    if hasattr(model, "features") and hasattr(model, "classifier"):
+        return None
+    family = getattr(model, "architecture", type(model).__name__)
+    return (
+        f"layer-by-layer relevance propagation (LRP, RAP) walks a sequential network "
+        f"(features, classifier: vgg16_bn); a {family} network has residual sums it "
+        "would not follow"
+    )
+
+
 def flat_layers(model: nn.Module) -> list[nn.Module]:
     """The network as one flat list: features, flatten, classifier (ending in its one Linear)."""
-    if not (hasattr(model, "features") and hasattr(model, "classifier")):
-        family = getattr(model, "architecture", type(model).__name__)
-        raise NotImplementedError(
-            f"layer-by-layer relevance propagation (LRP, RAP) walks a sequential network "
-            f"(features, classifier: vgg16_bn); a {family} network has residual sums it "
-            "would not follow. Evaluate it with the other methods (e.g. gradcam, ebp)."
-        )
+    refusal = sequential_refusal(model)
+    if refusal:
+        raise NotImplementedError(f"{refusal}. Evaluate it with other methods (e.g. gradcam).")
     layers = [*model.features, nn.Flatten(1), *model.classifier]
     if not isinstance(layers[-1], nn.Linear) or any(isinstance(m, nn.Linear) for m in layers[:-1]):
         raise ValueError("relevance propagation here expects one Linear, the classifier's last")

@@ -285,3 +285,7 @@ def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
         else:
             relevance = _rule(layer)(layer, x, relevance)
     return relevance.sum(dim=1).detach()  # (B, H, W)
+
+
+# the rules follow a sequential network only (attrlib.attribution.base.refusal)
+rap.refuses = propagation.sequential_refusal
