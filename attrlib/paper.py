@@ -124,8 +124,10 @@ def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.Da
         ):
             row[key] = summary[key]
         row["pairs"] = summary.get("pairs_scored", np.nan)
-        # SWA maps die (ReLU of a negative sum); EWA maps are squares and never do
-        row["dead_maps"] = last_dead_maps(folder) if config.get("matching") == "swa" else np.nan
+        # every matching map's share of all-zero maps (SWA's die as a ReLU of a negative sum;
+        # EWA's are squares, zero only where the feature is)
+        matched = config.get("matching", NO_MATCHING) != NO_MATCHING
+        row["dead_maps"] = last_dead_maps(folder) if matched else np.nan
         for method, scores in summary["localization"].items():
             for score, value in with_derived(scores).items():
                 row[f"{method} {score}"] = value
@@ -450,7 +452,7 @@ def readme_tables(frame: pd.DataFrame, every: int = 2) -> str:
     """The README's three tables (markdown, mean ± std over seeds) from `all_runs.csv` rows.
 
     Columns: class mAP, F1, AUC and pointing per attribution method, scored pairs and the
-    last-epoch share of dead SWA maps; iterative pruning shows every `every`-th iteration.
+    last-epoch share of dead matching maps; iterative pruning shows every `every`-th iteration.
     """
     cols = _metric_columns(frame, README_SCORES) + ["pairs", "dead_maps"]
     cols = [c for c in cols if c in frame]

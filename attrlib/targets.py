@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from attrlib.distill import teacher_outputs
 from attrlib.io import as_stored, save_torch_atomic
 from attrlib.progress import progress_bar
+from attrlib.study import COMPRESSION, NO_MATCHING
 from attrlib.views import TrainViews, ViewKeys
 
 STORE_VERSION = 1
@@ -170,8 +171,16 @@ def build_targets(
 
 
 def profile_kinds(profile) -> list[tuple[str, float]]:
-    """The map kinds a profile's grid matches with: EWA, SWA and stochastic SWA."""
-    return [("ewa", 0.0), ("swa", 0.0), ("swa", profile.drop_fraction)]
+    """The map kinds (matching, drop fraction) a profile's grid matches with, from its
+    methods' `COMPRESSION` entries (a plugin's matching included), in the registry's order."""
+    words = {*profile.distill_methods, *profile.oneshot_methods, *profile.iterative_methods}
+    kinds = []
+    for word in COMPRESSION:
+        method = COMPRESSION.get(word)
+        kind = (method.matching, profile.drop_fraction if method.stochastic else 0.0)
+        if word in words and method.matching != NO_MATCHING and kind not in kinds:
+            kinds.append(kind)
+    return kinds
 
 
 def profile_epochs(profile) -> int:

@@ -21,7 +21,7 @@ class Bars:
     teacher_pointing: float = 0.70  # Grad-CAM pointing game
     student_map_ratio: float = 0.75  # of its teacher's class mAP
     student_pairs_ratio: float = 0.60  # of its teacher's scored (image, class) pairs
-    dead_maps: float = 0.10  # last-epoch share of all-zero SWA matching maps
+    dead_maps: float = 0.10  # last-epoch share of all-zero matching maps (SWA, EWA, ...)
 
 
 def validity_table(frame: pd.DataFrame, bars: Bars = Bars()) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def validity_table(frame: pd.DataFrame, bars: Bars = Bars()) -> pd.DataFrame:
                     f"pairs {pairs_ratio:.2f} of its teacher's < {bars.student_pairs_ratio}"
                 )
         if m.get("dead_maps", np.nan) > bars.dead_maps:
-            failed.append(f"dead SWA maps {m['dead_maps']:.3f} > {bars.dead_maps}")
+            failed.append(f"dead matching maps {m['dead_maps']:.3f} > {bars.dead_maps}")
         rows.append(
             {
                 "run": m["run"],

@@ -1,8 +1,9 @@
 """A plugin, as a researcher would write one outside attrlib: three decorated functions.
 
 Imported by name (`plugins=["tests.extension_plugin"]` in the notebooks), it registers an
-attribution method, a matching map, a structured pruning criterion and a faithfulness metric; tests/test_extension.py
-runs the smoke study with them selected by notebook parameters only.
+attribution method, a matching map (and its grid word), a structured pruning criterion and
+a faithfulness metric; tests/test_extension.py runs the smoke study with them selected by
+notebook parameters only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from attrlib.attribution import METHODS
 from attrlib.distill import MATCHINGS
 from attrlib.faithfulness import register_faithfulness
 from attrlib.prune import STRUCTURED_CRITERIA
+from attrlib.study import COMPRESSION, Method
 
 
 @METHODS.register("gradient_x_input")
@@ -33,6 +35,11 @@ def gradient_x_feature_map(feature, logits, classes, create_graph=False, channel
     if channel_keep is not None:
         grad = grad * channel_keep[:, :, None, None]
     return F.relu((grad * feature).sum(dim=1))
+
+
+# its word in a profile's grid (`distill_methods: [kd, gxf]`): make all trains it with the
+# teacher store, which then holds its maps too
+COMPRESSION.register("gxf")(Method("gxf", "GxF", "#2ca02c", matching="gxf"))
 
 
 @STRUCTURED_CRITERIA.register("l2")

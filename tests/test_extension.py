@@ -65,10 +65,10 @@ def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypat
     frame = pd.read_csv(paper / "all_runs.csv")
     assert {"gradient_x_input auc", "gradient_x_input pointing"} <= set(frame.columns)
     assert frame["gradient_x_input auc"].notna().any()
-    assert {"KD", "KD+gxf"} <= set(frame.loc[frame["stage"] == "distill", "method"])
+    assert {"KD", "KD+GxF"} <= set(frame.loc[frame["stage"] == "distill", "method"])
     assert {"naive", "naive (l2)"} <= set(frame.loc[frame["stage"] == "prune_oneshot", "method"])
     distillation = (paper / "table_distillation.md").read_text()
-    assert "gradient_x_input auc" in distillation and "| KD+gxf " in distillation
+    assert "gradient_x_input auc" in distillation and "| KD+GxF " in distillation
     assert "naive (l2)" in (paper / "table_structured.md").read_text()
     assert "gradient_x_input" in (paper / "summary.md").read_text()
     # the plugin's faithfulness metric, scored for every method (a plugin method's too)

@@ -29,6 +29,7 @@ from nets import random_vgg
 
 KINDS = [("ewa", 0.0), ("swa", 0.0), ("swa", 0.3)]
 KEYS = ["ewa", "swa", "swa-drop0.3"]
+WIDE_GRID = "distill_methods=[kd,ewa,swa,sswa]"
 EPOCHS = 2
 SPEC = ViewSpec(32, 0.5)
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # losses and gradients (up to ~100s in size)
@@ -370,20 +371,23 @@ def test_save_load_round_trip_and_file_errors(env, tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_store(env):
-    """`python -m attrlib.targets` on the smoke profile with the random teacher."""
+    """`python -m attrlib.targets` on the smoke profile with the random teacher, its grid
+    widened to every built-in matching (the store holds the grid's kinds only)."""
     out = env.base / "cli" / "targets.pt"
     argv = ["--teacher", str(env.teacher_path), "--data-root", str(env.root), "--profile"]
-    path = stages.targets_main([*argv, "smoke", "--out", str(out), "--device", "cpu"])
-    return path
+    argv += ["smoke", "--set", WIDE_GRID, "--out", str(out), "--device", "cpu"]
+    return stages.targets_main(argv)
 
 
 def test_cli_writes_the_profiles_store(env, cli_store):
-    prof = get_profile("smoke")
+    prof = get_profile("smoke", WIDE_GRID)
     assert cli_store.is_file()
     store = TeacherTargets.load(cli_store)
     assert store.epochs == profile_epochs(prof) == 2
     assert sorted(store.maps) == ["ewa", "swa", "swa-drop0.3"]
     assert [target_key(m, d) for m, d in profile_kinds(prof)] == ["ewa", "swa", "swa-drop0.3"]
+    smoke = get_profile("smoke")  # its grid: kd, swa (and naive)
+    assert [target_key(m, d) for m, d in profile_kinds(smoke)] == ["swa"]
     assert store.meta["layer"] == prof.matching_layer
     assert store.meta["view_spec"] == stages.view_spec("smoke").to_dict()
     direct = env.stores[prof.matching_layer]  # same teacher, data, spec and layer
@@ -459,3 +463,12 @@ def test_iterative_pruning_with_cli_store_equals_without(env, cli_store, tmp_pat
             )
     steps = len(read_epochs) // 2  # 48 images in batches of 16, per iteration
     assert steps == 3 and read_epochs == [0] * steps + [1] * steps
+
+
+def test_a_plugin_matching_in_the_grid_is_a_kind_of_the_store():
+    """The store's kinds come from the grid's COMPRESSION entries, not a fixed list."""
+    import tests.extension_plugin  # noqa: F401  registers the "gxf" matching and word
+
+    prof = get_profile("smoke", "distill_methods=[kd,gxf] oneshot_methods=[naive,sswa]")
+    drop = prof.drop_fraction  # iterative_methods stay [naive, swa]
+    assert profile_kinds(prof) == [("swa", 0.0), ("swa", drop), ("gxf", 0.0)]
