@@ -239,9 +239,9 @@ endif
 DATA_CHECKED := $(RUNS)/.data-checked
 CHECK_GATE := $(if $(VOC_ROOT),$(DATA_CHECKED))
 check-data: $(DATA_STAMP) | $(STAMP)  ## read every image, annotation and mask once, list every problem
-	$(PY) -m attrlib.data check $(DATA_ROOT)
+	$(PY) -m attrlib.datacheck check $(DATA_ROOT)
 $(DATA_CHECKED): $(DATA_STAMP) | $(STAMP)
-	$(PY) -m attrlib.data check $(DATA_ROOT)
+	$(PY) -m attrlib.datacheck check $(DATA_ROOT)
 	@mkdir -p $(dir $@) && touch $@
 
 # The data's identity for the stages: a digest of its files' content, rewritten only when the
@@ -251,7 +251,7 @@ $(DATA_CHECKED): $(DATA_STAMP) | $(STAMP)
 DATA_DIGEST := $(RUNS)/.data-digest
 $(DATA_DIGEST): $(DATA_STAMP) | $(STAMP)
 	@mkdir -p $(dir $@)
-	$(call claim,$@) $(PY) -m attrlib.data digest $(DATA_ROOT) --into $@ $(if $(VOC_ROOT),,--rewind $(DATA_STAMP))
+	$(call claim,$@) $(PY) -m attrlib.datacheck digest $(DATA_ROOT) --into $@ $(if $(VOC_ROOT),,--rewind $(DATA_STAMP))
 
 teacher: $(TEACHER_NBS)  ## train the teachers (notebook 01), one per teacher seed
 targets: $(ALL_TARGETS)  ## every teacher's logits and maps for every training view
@@ -275,7 +275,7 @@ $(2)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $$(DATA_DIGEST) $$(PRO
 
 $(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
 	@mkdir -p $$(RUNS)
-	$$(TEACHER_ENV) $$(call claim,$$@,,targets) $$(call run_prefix,targets) $$(PY) -m attrlib.targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
+	$$(TEACHER_ENV) $$(call claim,$$@,,targets) $$(call run_prefix,targets) $$(PY) -m attrlib.stages targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
 
 $(2)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(2)/teacher/targets.pt
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) -p width_div $$(patsubst x%,%,$$(call word_of,1,$$*)) $$(MATCH_$$(call word_of,2,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,3,$$*)),$$(GRID_ENV))

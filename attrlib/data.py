@@ -9,7 +9,7 @@ torchvision.transforms.v2; random transforms draw from torch's global RNG.
 
 Every check of a file is one function here (`read_split`, `parse_labels`, `read_image`,
 `read_mask`, `check_mask`, `missing_file_message`): the loaders raise its error at the first
-problem, `attrlib.datacheck` (`python -m attrlib.data check ROOT`) collects them all.
+problem, `attrlib.datacheck` (`python -m attrlib.datacheck check ROOT`) collects them all.
 """
 
 from __future__ import annotations
@@ -405,11 +405,3 @@ class VOCLocalization(Dataset):
             self.cache.put(index, item)  # (3, S, S) float, (S, S) uint8
         image, mask = item
         return image, self.labels[index], mask.long()  # (3, S, S), (K,), (S, S) int64
-
-
-if __name__ == "__main__":
-    import sys
-
-    from attrlib.datacheck import main
-
-    sys.exit(main())

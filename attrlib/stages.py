@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -324,9 +325,10 @@ def evaluate_checkpoint(
 
 
 def targets_main(argv: Sequence[str] | None = None) -> Path:
-    """`python -m attrlib.targets` (make targets): the profile's teacher store, written once."""
+    """`python -m attrlib.stages targets` (make targets): the profile's teacher store, written
+    once."""
     parser = argparse.ArgumentParser(
-        prog="python -m attrlib.targets",
+        prog="python -m attrlib.stages targets",
         description="Compute the teacher's logits and matching maps for every training view "
         "of the profile once (runs/<profile>/teacher-s<seed>/teacher/targets.pt), so that distillation and "
         "pruning runs read them instead of running the teacher in each step.",
@@ -356,3 +358,20 @@ def targets_main(argv: Sequence[str] | None = None) -> Path:
     path = store.save(args.out)
     print(f"{path}: {store.epochs} view epochs x {len(train)} images, maps {sorted(store.maps)}")
     return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m attrlib.stages COMMAND ...`: the stages' command-line steps (make's)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m attrlib.stages",
+        description="A stage's command-line step: `targets` computes a teacher's logits and "
+        "matching maps for every training view once (make targets; `targets --help`).",
+    )
+    parser.add_argument("command", choices=["targets"])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser.parse_args(argv[:1])  # the command (or --help); the rest is the command's
+    targets_main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

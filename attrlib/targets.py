@@ -13,7 +13,7 @@ Store layout (`torch.save`, tensors and plain values only): logits (E, N, K) and
 tensor (E, N, h, w) per matching key ("ewa", "swa", "swa-drop0.3", ...), plus `meta` that
 says what they were made from (teacher file hash, view spec, image ids, matching layer).
 
-    python -m attrlib.targets --teacher runs/default/teacher-s0/teacher/best.pt --profile default \
+    python -m attrlib.stages targets --teacher runs/default/teacher-s0/teacher/best.pt --profile default \
         --data-root data/synthvoc-default/VOCdevkit/VOC2012 --out runs/default/teacher-s0/teacher/targets.pt
 """
 
@@ -97,7 +97,7 @@ class TeacherTargets:
             raise ValueError(
                 f"{self.source or 'teacher targets'} do not fit this run: "
                 + "; ".join(problems)
-                + " (rebuild them with `python -m attrlib.targets`, or pass teacher_targets='')"
+                + " (rebuild them with `python -m attrlib.stages targets`, or pass teacher_targets='')"
             )
 
     def save(self, path: str | Path) -> Path:
@@ -114,7 +114,7 @@ class TeacherTargets:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"teacher targets {path} not found; build them with `python -m attrlib.targets`"
+                f"teacher targets {path} not found; build them with `python -m attrlib.stages targets`"
             )
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("version") != STORE_VERSION:
@@ -190,10 +190,3 @@ def profile_epochs(profile) -> int:
         profile.prune_oneshot.epochs,
         profile.iterative_steps * profile.prune_iterative.epochs,
     )
-
-
-if __name__ == "__main__":
-    # the targets stage, wired in attrlib.stages (which reads the stores this module writes)
-    from attrlib.stages import targets_main
-
-    targets_main()

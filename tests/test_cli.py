@@ -28,7 +28,9 @@ def _help(module: str) -> str:
 
 
 def test_the_command_line_modules_are_found():
-    assert {"nbrun", "profiles", "study", "synthvoc", "targets", "paper"} <= set(MODULES)
+    assert {"nbrun", "profiles", "study", "synthvoc", "stages", "datacheck", "paper"} <= set(
+        MODULES
+    )
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -1,4 +1,4 @@
-"""`python -m attrlib.data check`: every planted fault of a synthetic tree listed at once,
+"""`python -m attrlib.datacheck check`: every planted fault of a synthetic tree listed at once,
 each in the words of the loader that would have stopped at it."""
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_every_planted_fault_is_listed(tiny_voc_tree: Path) -> None:
 
     # the command line prints the same, and fails
     out = subprocess.run(
-        [sys.executable, "-m", "attrlib.data", "check", str(voc)],
+        [sys.executable, "-m", "attrlib.datacheck", "check", str(voc)],
         cwd=ROOT,
         capture_output=True,
         text=True,

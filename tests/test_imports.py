@@ -113,7 +113,7 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     assert "attrlib.distill" in graph["attrlib.config"]  # function-level import
     assert "attrlib.attribution.gradcam" in graph["attrlib.attribution"]  # submodule by name
     assert "attrlib.attribution.base" in graph["attrlib.attribution.gradcam"]
-    assert "attrlib.stages" not in graph["attrlib.targets"]  # only its __main__ block does
+    assert "attrlib.stages" not in graph["attrlib.targets"]  # the stage module imports it
     assert "attrlib.prune" in graph["attrlib.stages"]
     assert "attrlib.prune" not in graph["attrlib.prune.structured"]  # its own package
 
@@ -176,3 +176,22 @@ def test_importing_masks_loads_neither_engine_nor_prune() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_no_script_block_imports_a_module_above_its_own(tmp_path: Path) -> None:
+    """A module's `python -m` block runs its own command: importing a module that imports it
+    back (e.g. the stage that wires it) would load the module twice under two names."""
+    files = module_files()
+    graph = import_graph()
+    upward = []
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        blocks = [node for node in tree.body if _is_main_block(node)]
+        if not blocks:
+            continue
+        script = ast.Module(body=[stmt for block in blocks for stmt in block.body], type_ignores=[])
+        only = tmp_path / path.name  # the block's body alone, read like a module
+        only.write_text(ast.unparse(script))
+        targets = imports_of(name, only, set(files))
+        upward += [(name, t) for t in targets if name in reachable(graph, t) or t == name]
+    assert not upward, f"script blocks importing a module above their own: {upward}"

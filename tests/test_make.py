@@ -103,7 +103,7 @@ def test_smoke_and_voc_run_one_seed(tmp_path):
         assert "distill/x2-kd-s0/" in text and "prune_iterative/swa-s0/" in text, profile
         assert "-s1/" not in text, profile
         # real data is read whole before the teacher trains on it; the embedded set is not
-        check = text.find("attrlib.data check")
+        check = text.find("attrlib.datacheck check")
         if profile == "voc":
             assert -1 < check < text.index("01_teacher.ipynb"), "no data check before the teacher"
         else:
@@ -130,8 +130,8 @@ def test_grid_runs_get_their_thread_share(tmp_path):
     fake = tmp_path / "python"  # stands in for papermill and the targets builder: logs threads
     fake.write_text(
         "#!/bin/sh\n"
-        f'[ "$2" = attrlib.data ] && exec {sys.executable} "$@"\n'
-        f'if [ "$2" = attrlib.targets ]; then echo "targets threads=${{OMP_NUM_THREADS:-unset}}"'
+        f'[ "$2" = attrlib.datacheck ] && exec {sys.executable} "$@"\n'
+        f'if [ "$2" = attrlib.stages ]; then echo "targets threads=${{OMP_NUM_THREADS:-unset}}"'
         f' >> {log}; for a; do out="$a"; done; touch "$out"; exit 0; fi\n'
         f'echo "$3 threads=${{OMP_NUM_THREADS:-unset}}" >> {log}\ntouch "$4"\n'
     )
@@ -171,7 +171,9 @@ def _fake_papermill(tmp_path, seconds=0.0):
         "#!/bin/sh\n"
         f'[ "$2" = attrlib.timing ] && exec {sys.executable} "$@"\n'
         f"sleep {seconds}\n"
-        'touch "$4"\n'
+        # the targets builder (`-m attrlib.stages targets ... --out FILE`) writes its last argument
+        'if [ "$2" = attrlib.stages ]; then for a; do out="$a"; done; else out="$4"; fi\n'
+        'touch "$out"\n'
     )
     fake.chmod(0o755)
     return fake
@@ -256,7 +258,7 @@ def test_data_regenerated_byte_for_byte_reruns_nothing(synth_root, tmp_path):
     fake = tmp_path / "python"  # the real python for the digest, a logging stand-in otherwise
     fake.write_text(
         "#!/bin/sh\n"
-        f'[ "$2" = attrlib.data ] && exec {sys.executable} "$@"\n'
+        f'[ "$2" = attrlib.datacheck ] && exec {sys.executable} "$@"\n'
         f'[ "$2" = attrlib.timing ] && exit 0\n'
         f'echo "$3" >> {log}; touch "$4"\n'
     )
@@ -297,7 +299,7 @@ def _run_lines(text: str) -> list[str]:
     target and prerequisites)."""
     lines = []
     for line in text.splitlines():
-        if "attrlib.nbrun" in line or "attrlib.targets" in line:
+        if "attrlib.nbrun" in line or "attrlib.stages targets" in line:
             env, claimed, rest = line.partition("scripts/claim.sh ")
             lines.append(env + rest.split(" -- ", 1)[1].lstrip() if claimed else line)
     return lines
@@ -398,8 +400,8 @@ def test_gpus_give_each_concurrent_run_a_gpu_of_its_own(tmp_path):
     fake = tmp_path / "python"  # papermill and the targets builder: log GPU and times, sleep
     fake.write_text(
         "#!/bin/sh\n"
-        f'[ "$2" = attrlib.data ] || [ "$2" = attrlib.timing ] && exec {sys.executable} "$@"\n'
-        'if [ "$2" = attrlib.targets ]; then for a; do out="$a"; done; else out="$4"; fi\n'
+        f'[ "$2" = attrlib.datacheck ] || [ "$2" = attrlib.timing ] && exec {sys.executable} "$@"\n'
+        'if [ "$2" = attrlib.stages ]; then for a; do out="$a"; done; else out="$4"; fi\n'
         f'echo "$out $CUDA_VISIBLE_DEVICES $(date +%s.%N) start" >> {log}\n'
         "sleep 0.8\n"
         f'echo "$out $CUDA_VISIBLE_DEVICES $(date +%s.%N) end" >> {log}\n'

@@ -314,7 +314,7 @@ def test_check_names_every_problem(env):
             store.check(**{**good, name: value})
         text = str(info.value)
         assert message in text, (name, text)
-        assert "python -m attrlib.targets" in text
+        assert "python -m attrlib.stages targets" in text
         # only this problem
         others = [m for n, (_, m) in cases.items() if n != name]
         assert not any(m in text for m in others), (name, text)
@@ -371,7 +371,7 @@ def test_save_load_round_trip_and_file_errors(env, tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_store(env):
-    """`python -m attrlib.targets` on the smoke profile with the random teacher, its grid
+    """`python -m attrlib.stages targets` on the smoke profile with the random teacher, its grid
     widened to every built-in matching (the store holds the grid's kinds only)."""
     out = env.base / "cli" / "targets.pt"
     argv = ["--teacher", str(env.teacher_path), "--data-root", str(env.root), "--profile"]
