@@ -144,9 +144,14 @@ ALL_TARGETS := $(foreach t,$(TEACHER_SEEDS),$(call tree,$(t))/teacher/targets.pt
 # Seeds per stage (default SEEDS): e.g. DISTILL_SEEDS=0 keeps one seed of distillation.
 DISTILL_SEEDS ?= $(SEEDS)
 PRUNE_SEEDS ?= $(SEEDS)
-distill_nbs = $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(call tree,$(1))/distill/x$(w)-$(m)-s$(s)/02_distill.ipynb)))
-oneshot_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(call tree,$(1))/prune_oneshot/p$(r)-$(m)-s$(s)/03_prune_oneshot.ipynb)))
-iterative_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(call tree,$(1))/prune_iterative/$(m)-s$(s)/04_prune_iterative.ipynb))
+# A run's folder name, notebook and parameters come from attrlib.study (GRID_MK's
+# <stage>_run, <stage>_notebook and <stage>_params of (setting, method word, seed)).
+distill_nb = $(call tree,$(1))/distill/$(call distill_run,$(2),$(3),$(4))/$(distill_notebook).ipynb
+oneshot_nb = $(call tree,$(1))/prune_oneshot/$(call oneshot_run,$(2),$(3),$(4))/$(oneshot_notebook).ipynb
+iterative_nb = $(call tree,$(1))/prune_iterative/$(call iterative_run,$(2),$(3))/$(iterative_notebook).ipynb
+distill_nbs = $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(call distill_nb,$(1),$(w),$(m),$(s)))))
+oneshot_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(call oneshot_nb,$(1),$(r),$(m),$(s)))))
+iterative_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(call iterative_nb,$(1),$(m),$(s))))
 DISTILL_NBS := $(foreach t,$(TEACHER_SEEDS),$(call distill_nbs,$(t)))
 ONESHOT_NBS := $(foreach t,$(TEACHER_SEEDS),$(call oneshot_nbs,$(t)))
 ITERATIVE_NBS := $(foreach t,$(TEACHER_SEEDS),$(call iterative_nbs,$(t)))
@@ -161,8 +166,6 @@ COMMON = $(PROFILE_PARAMS) -p data_root $(DATA_ROOT)
 # evaluation on a CPU; attrlib/faithfulness.py). EVAL_OVERWRITE=1: replace each model's
 # eval.json made with other settings (refused otherwise).
 FAITH_PARAMS = $(if $(FAITH_METRICS),-y "faith_metrics: [$(FAITH_METRICS)]")$(if $(filter 1,$(EVAL_OVERWRITE)), -p overwrite True)
-# words of a run name such as x2-swa-s0 or p0.3-naive-s1
-word_of = $(word $(1),$(subst -, ,$(2)))
 # The grid's runs get THREADS threads however they are started (the same seed gives the same
 # numbers only at the same thread count). Teachers, their targets and evaluations share the
 # cores among as many of them as run at once; the paper uses every core.
@@ -277,19 +280,19 @@ $(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
 	@mkdir -p $$(RUNS)
 	$$(TEACHER_ENV) $$(call claim,$$@,,targets) $$(call run_prefix,targets) $$(PY) -m attrlib.stages targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
 
-$(2)/distill/%/02_distill.ipynb: notebooks/02_distill.ipynb $(2)/teacher/targets.pt
-	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) -p width_div $$(patsubst x%,%,$$(call word_of,1,$$*)) $$(MATCH_$$(call word_of,2,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,3,$$*)),$$(GRID_ENV))
-
-$(2)/prune_oneshot/%/03_prune_oneshot.ipynb: notebooks/03_prune_oneshot.ipynb $(2)/teacher/targets.pt
-	$$(call run_notebook,$$<,$$@,$$(COMMON) -p model $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) -p rate $$(patsubst p%,%,$$(call word_of,1,$$*)) $$(MATCH_$$(call word_of,2,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,3,$$*)),$$(GRID_ENV))
-
-$(2)/prune_iterative/%/04_prune_iterative.ipynb: notebooks/04_prune_iterative.ipynb $(2)/teacher/targets.pt
-	$$(call run_notebook,$$<,$$@,$$(COMMON) -p model $(2)/teacher/best.pt -p teacher_targets $(2)/teacher/targets.pt -p out_dir $$(dir $$@) $$(MATCH_$$(call word_of,1,$$*)) -p seed $$(patsubst s%,%,$$(call word_of,2,$$*)),$$(GRID_ENV))
-
 $(2)/evaluate/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(2)/teacher/01_teacher.ipynb $(call distill_nbs,$(1)) $(call oneshot_nbs,$(1)) $(call iterative_nbs,$(1))
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) $$(FAITH_PARAMS) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
 endef
 $(foreach t,$(TEACHER_SEEDS),$(eval $(call TEACHER_RULES,$(t),$(call tree,$(t)))))
+
+# One rule per compression run: (teacher seed, notebook path, parameters, grid prefix).
+define RUN_RULE
+$(2): notebooks/$($(4)_notebook).ipynb $(call tree,$(1))/teacher/targets.pt
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p $($(4)_start) $(call tree,$(1))/teacher/best.pt -p teacher_targets $(call tree,$(1))/teacher/targets.pt -p out_dir $$(dir $$@) $(3),$$(GRID_ENV))
+endef
+$(foreach t,$(TEACHER_SEEDS),$(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(eval $(call RUN_RULE,$(t),$(call distill_nb,$(t),$(w),$(m),$(s)),$(call distill_params,$(w),$(m),$(s)),distill))))))
+$(foreach t,$(TEACHER_SEEDS),$(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(eval $(call RUN_RULE,$(t),$(call oneshot_nb,$(t),$(r),$(m),$(s)),$(call oneshot_params,$(r),$(m),$(s)),oneshot))))))
+$(foreach t,$(TEACHER_SEEDS),$(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(eval $(call RUN_RULE,$(t),$(call iterative_nb,$(t),$(m),$(s)),$(call iterative_params,$(m),$(s)),iterative)))))
 
 paper: $(PAPER_NB)  ## the paper's tables and figures (notebook 06)
 $(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NBS)

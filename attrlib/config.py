@@ -270,8 +270,13 @@ class DistillConfig(CompressionConfig):
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.distill
 
+    # the run's folder name; make's grid renders the same template (attrlib.study)
+    RUN_NAME: ClassVar[str] = "x{width_div}-{method}-s{seed}"
+
     def run_name(self) -> str:
-        return f"x{self.width_div}-{self.method_word('kd')}-s{self.seed}"
+        return self.RUN_NAME.format(
+            width_div=self.width_div, method=self.method_word("kd"), seed=self.seed
+        )
 
     def _check(self, prof: Profile) -> None:
         super()._check(prof)
@@ -388,8 +393,12 @@ class PruneOneShotConfig(_PruneConfig):
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.prune_oneshot
 
+    RUN_NAME: ClassVar[str] = "p{rate:g}-{method}-s{seed}"
+
     def run_name(self) -> str:
-        return f"p{self.rate:g}-{self.method_word('naive')}-s{self.seed}"
+        return self.RUN_NAME.format(
+            rate=self.rate, method=self.method_word("naive"), seed=self.seed
+        )
 
     def _criteria(self):
         from attrlib.prune import STRUCTURED_CRITERIA
@@ -422,8 +431,10 @@ class PruneIterativeConfig(_PruneConfig):
     def _base_recipe(self, prof: Profile) -> Recipe:
         return prof.prune_iterative
 
+    RUN_NAME: ClassVar[str] = "{method}-s{seed}"
+
     def run_name(self) -> str:
-        return f"{self.method_word('naive')}-s{self.seed}"
+        return self.RUN_NAME.format(method=self.method_word("naive"), seed=self.seed)
 
     def _criteria(self):
         from attrlib.prune import UNSTRUCTURED_CRITERIA

@@ -9,7 +9,9 @@ reads the grid from `python -m attrlib.study grid PROFILE`, so each is written o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,7 +233,40 @@ def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
     for word in COMPRESSION:
         params = COMPRESSION.get(word).parameters(prof)
         lines.append(f"MATCH_{word} := " + " ".join(f"-p {k} {v}" for k, v in params.items()))
+    lines += make_run_functions()
     return "\n".join(lines) + "\n"
+
+
+# make's name of each compression stage's grid (DISTILL_METHODS, <prefix>_run, ...)
+MAKE_PREFIX = {"distill": "distill", "prune_oneshot": "oneshot", "prune_iterative": "iterative"}
+
+
+def make_run_functions() -> list[str]:
+    """Per compression stage, make functions of (setting value, method word, seed), or of
+    (method word, seed) for a stage without a setting: `<prefix>_run` (the run's folder name,
+    its config's RUN_NAME), `<prefix>_params` (its notebook parameters), `<prefix>_notebook`
+    and `<prefix>_start` (the parameter that gets the teacher's checkpoint). make writes one
+    rule per run from them instead of parsing run names."""
+    lines = []
+    for name, prefix in MAKE_PREFIX.items():
+        stage = STAGES.get(name)
+        fields = {f.name for f in dataclasses.fields(stage.config)}
+        # a setting of the runs' config (width_div, rate); iterations live inside one run
+        setting = stage.setting if stage.setting in fields else None
+        args = [setting] if setting else []
+        args += ["method", "seed"]
+        slot = {arg: f"$({i + 1})" for i, arg in enumerate(args)}
+        run = re.sub(r"\{(\w+)(:[^}]*)?\}", lambda m, s=slot: s[m.group(1)], stage.config.RUN_NAME)
+        params = [f"-p {setting} {slot[setting]}"] if setting else []
+        params += [f"$(MATCH_{slot['method']})", f"-p seed {slot['seed']}"]
+        lines += [
+            f"{prefix}_run = {run}",
+            f"{prefix}_params = {' '.join(params)}",
+            f"{prefix}_notebook := {stage.notebook}",
+            # the parameter naming the teacher's checkpoint: the network pruning starts from
+            f"{prefix}_start := {'model' if 'model' in fields else 'teacher'}",
+        ]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

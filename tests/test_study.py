@@ -95,3 +95,34 @@ def test_grid_stages_leave_out_a_stage_without_methods():
 
     assert grid_stages("smoke") == ["teacher", "distill", "prune_oneshot", "prune_iterative"]
     assert grid_stages("smoke", "iterative_methods=[] oneshot_methods=[]") == ["teacher", "distill"]
+
+
+def test_make_renders_each_runs_name_and_parameters_from_its_config():
+    """make writes one rule per run from study's functions: the folder name is the config's
+    run_name, and the parameters rebuild that config."""
+    import re
+
+    from attrlib.config import DistillConfig, PruneIterativeConfig, PruneOneShotConfig
+
+    text = makefile_grid("smoke")
+    functions = dict(re.findall(r"^(\w+) :?= (.*)$", text, flags=re.M))
+
+    def call(name: str, *args: str) -> str:
+        out = functions[name]
+        for i, arg in enumerate(args, 1):
+            out = out.replace(f"$({i})", arg)
+        return re.sub(r"\$\((MATCH_\w+)\)", lambda m: functions[m.group(1)], out)
+
+    cases = [
+        ("distill", ("2", "sswa", "1"), DistillConfig, {"width_div": 2}),
+        ("oneshot", ("0.5", "swa", "0"), PruneOneShotConfig, {"rate": 0.5}),
+        ("iterative", ("naive", "2"), PruneIterativeConfig, {}),
+    ]
+    for prefix, args, cls, setting in cases:
+        params = dict(re.findall(r"-p (\w+) (\S+)", call(f"{prefix}_params", *args)))
+        values = {k: type(getattr(cls(profile="smoke"), k))(v) for k, v in params.items()}
+        cfg = cls(profile="smoke", **values)
+        assert call(f"{prefix}_run", *args) == cfg.run_name(), prefix
+        assert {k: values[k] for k in setting} == setting
+        assert functions[f"{prefix}_notebook"] == STAGES.get(cfg.stage).notebook
+    assert functions["distill_start"] == "teacher" and functions["oneshot_start"] == "model"
