@@ -11,6 +11,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from attrlib.config import get_profile
 from attrlib.paper import unstructured_curves
@@ -80,3 +81,56 @@ def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypat
     curves = unstructured_curves(frame)  # the notebook's figure, from the same rows
     assert "gradient_x_input auc" in [ax.get_title() for ax in curves.axes]
     assert (paper / "unstructured_auc.png").is_file() and (paper / "qualitative.png").is_file()
+
+
+def test_a_plugin_network_family_runs_through_the_stages_by_parameters_alone(synth_root, tmp_path):
+    """A family registered by a plugin: teacher, an SWA student, iterative pruning and an
+    evaluation by every method (LRP and RAP walk its sequential layers), chosen by profile
+    overrides only."""
+    from attrlib import stages
+    from attrlib.config import DistillConfig, PruneIterativeConfig, TeacherConfig
+    from attrlib.data import VOCClassification, VOCLocalization, eval_transform, load_classes
+    from attrlib.engine import load_checkpoint, load_model
+    from attrlib.evaluate import evaluate_model
+
+    overrides = (f"plugins=[{PLUGIN}]", "architecture=tiny4")
+    common = {"profile": "smoke", "data_root": str(synth_root), "device": "cpu"}
+    teacher_dir = tmp_path / "teacher"
+    stages.train_teacher(TeacherConfig(out_dir=str(teacher_dir), overrides=overrides, **common))
+    teacher_pt = str(teacher_dir / "best.pt")
+    assert load_checkpoint(teacher_pt)["architecture"] == "tiny4"
+    student, _ = stages.train_student(
+        DistillConfig(
+            teacher=teacher_pt,
+            matching="swa",
+            out_dir=str(tmp_path / "s"),
+            overrides=overrides,
+            **common,
+        )
+    )
+    teacher, _ = load_model(teacher_pt)
+    assert type(student).__name__ == "Tiny"
+    assert student.config.widths == tuple(w // 2 for w in teacher.config.widths)
+    final, _ = stages.prune_iterative(
+        PruneIterativeConfig(
+            model=teacher_pt,
+            teacher=teacher_pt,
+            iterations=1,
+            out_dir=str(tmp_path / "it"),
+            overrides=overrides,
+            **common,
+        ),
+        progress=False,
+    )
+    assert type(final).__name__ == "Tiny"
+    classes = load_classes(synth_root)
+    with torch.no_grad():
+        teacher.classifier[-1].bias += 10.0  # every class predicted: every pair is scored
+    summary, table, _ = evaluate_model(
+        teacher,
+        VOCClassification(synth_root, "val", classes, transform=eval_transform(32)),
+        VOCLocalization(synth_root, "val", classes, size=32),
+        progress=False,
+    )
+    assert "refused_methods" not in summary
+    assert {"gradcam", "ebp", "lrp", "rap"} <= set(table["method"])
