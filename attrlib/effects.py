@@ -285,6 +285,22 @@ def figure_rows(effects: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     return effects[~iterative | effects["setting"].isin(shown)]
 
 
+def refused_text(frame: pd.DataFrame) -> str:
+    """A line for summary.md naming the attribution methods some models were not evaluated
+    by (their rules cannot follow the network, e.g. LRP on a ResNet), or ""."""
+    if "refused_methods" not in frame:
+        return ""
+    names = frame["refused_methods"].dropna().str.split().explode()
+    if names.empty:
+        return ""
+    counts = names.value_counts()
+    listed = ", ".join(f"{m} ({counts[m]} of {len(frame)} models)" for m in sorted(counts.index))
+    return (
+        f"\nNot evaluated: {listed}: the method's rules cannot follow these networks "
+        "(each model's eval.json says why, under refused_methods); their columns are absent.\n"
+    )
+
+
 def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | Path | None = None):
     """effects.csv, teacher_spread.csv, validity.csv and summary.md into `out_dir`, the
     forest plot and the Grad-CAM AUC of every run (PNG, PDF) into `figures_dir` (default
@@ -303,6 +319,7 @@ def write_effects(frame: pd.DataFrame, out_dir: str | Path, figures_dir: str | P
         validity = validity_table(frame)
         write_text_atomic(out_dir / "validity.csv", validity.to_csv(index=False))
         summary += "\n" + validity_text(validity)
+    summary += refused_text(frame)
     write_text_atomic(out_dir / "summary.md", summary)
     metrics = [m for m in DECISIVE if m in set(effects["metric"])]
     fig = forest_plot(figure_rows(effects, frame), metrics)

@@ -124,6 +124,8 @@ def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.Da
         ):
             row[key] = summary[key]
         row["pairs"] = summary.get("pairs_scored", np.nan)
+        if summary.get("refused_methods"):  # a column only where some model has refusals
+            row["refused_methods"] = " ".join(sorted(summary["refused_methods"]))
         # every matching map's share of all-zero maps (SWA's die as a ReLU of a negative sum;
         # EWA's are squares, zero only where the feature is)
         matched = config.get("matching", NO_MATCHING) != NO_MATCHING

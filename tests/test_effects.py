@@ -214,3 +214,14 @@ def test_a_method_without_its_baseline_in_any_replicate_has_no_row():
     frame = _frame({"KD+SWA": 0.05})
     alone = frame[frame["method"] != "KD"]
     assert effects_table(alone, METRICS).empty
+
+
+def test_summary_names_methods_some_models_were_not_evaluated_by():
+    from attrlib.effects import refused_text
+
+    frame = pd.DataFrame({"run": ["a", "b", "c"], "map_class": [0.9, 0.8, 0.7]})
+    assert refused_text(frame) == ""
+    frame["refused_methods"] = ["lrp rap", None, "lrp"]
+    text = refused_text(frame)
+    assert "Not evaluated: lrp (2 of 3 models), rap (1 of 3 models)" in text
+    assert "refused_methods" in text

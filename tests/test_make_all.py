@@ -129,3 +129,23 @@ def test_a_grid_without_iterative_pruning_still_gets_its_paper(smoke_study, tmp_
     assert set(frame["stage"]) == {"teacher", "distill", "prune_oneshot"}
     assert (runs / "paper" / "effects.csv").is_file()
     assert not (runs / "paper" / "unstructured_auc.png").exists()
+
+
+@pytest.mark.slow
+def test_make_all_smoke_on_the_resnet_family(smoke_study, tmp_path):
+    """`make all SET="architecture=resnet"`: the whole study on ResNet teachers, by one
+    profile field; LRP and RAP are left out and summary.md says so."""
+    import torch
+
+    runs = tmp_path / "runs"
+    command = smoke_make(runs, smoke_study.data, "SET=architecture=resnet")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    all_runs = pd.read_csv(runs / "paper" / "all_runs.csv")
+    assert len(all_runs) == 9 and not any(c.startswith(("lrp ", "rap ")) for c in all_runs)
+    assert set(all_runs["refused_methods"]) == {"lrp rap"}
+    assert "gradcam auc" in all_runs and all_runs["gradcam auc"].notna().all()
+    summary = (runs / "paper" / "summary.md").read_text()
+    assert "Not evaluated: lrp (9 of 9 models), rap (9 of 9 models)" in summary
+    for ckpt in ("teacher-s0/teacher/best.pt", "teacher-s0/prune_oneshot/p0.5-swa-s0/best.pt"):
+        assert torch.load(runs / ckpt, weights_only=False)["architecture"] == "resnet"
