@@ -211,18 +211,23 @@ def build_model(config: ModelConfig | dict) -> VGGVOC:
     return VGGVOC(config)
 
 
+def read_weights(weights: str | Path | dict) -> tuple[dict, str]:
+    """(state dict, its name for messages) of a local torchvision weights file or a dict."""
+    if isinstance(weights, dict):
+        return weights, "<state dict>"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"torchvision weights file not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True), str(weights)
+
+
 def load_torchvision_features_(model: VGGVOC, weights: str | Path | dict) -> VGGVOC:
     """Copy torchvision `vgg16_bn` `features.*` weights into `model` in place.
 
     `weights` is a local state-dict file (e.g. `vgg16_bn-6c64b313.pth`) or a state dict.
     The classifier stays freshly initialised: its shape differs from ImageNet's.
     """
-    source = str(weights) if not isinstance(weights, dict) else "<state dict>"
-    if not isinstance(weights, dict):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"torchvision weights file not found: {path}")
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights, source = read_weights(weights)
     feats = {k[len("features.") :]: v for k, v in weights.items() if k.startswith("features.")}
     if not feats:
         raise ValueError(f"{source}: no 'features.*' keys; is this a torchvision vgg16_bn file?")

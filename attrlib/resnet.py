@@ -25,6 +25,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from attrlib.models import read_weights
+
 RESNET18_BLOCKS: tuple[int, ...] = (2, 2, 2, 2)
 RESNET34_BLOCKS: tuple[int, ...] = (3, 4, 6, 3)
 RESNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
@@ -219,12 +221,7 @@ class ResNetVOC(nn.Module):
     def load_pretrained_(self, weights: str | Path | dict) -> ResNetVOC:
         """Copy a torchvision ResNet state dict (file or dict) into this network in place,
         all but `fc`, whose shape is ImageNet's."""
-        source = str(weights) if not isinstance(weights, dict) else "<state dict>"
-        if not isinstance(weights, dict):
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"torchvision weights file not found: {path}")
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights, source = read_weights(weights)
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("fc.")}
         missing = sorted(set(own) - set(weights))
         if missing:
