@@ -37,7 +37,6 @@ from attrlib.config import Recipe
 from attrlib.distributed import Ranks, RngStreams
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic
 from attrlib.masks import attach_masks_, has_masks
-from attrlib.models import VGGVOC
 from attrlib.predict import mixed_precision, predict, prediction_metrics
 from attrlib.progress import progress_bar
 from attrlib.views import ViewKeys
@@ -238,7 +237,7 @@ def validate(model: nn.Module, val_set: Dataset, device: torch.device) -> dict[s
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def make_checkpoint(model: VGGVOC, classes: tuple[str, ...], **extra: Any) -> dict:
+def make_checkpoint(model: nn.Module, classes: tuple[str, ...], **extra: Any) -> dict:
     """A checkpoint dict that can rebuild the model on its own (config + class list)."""
     return {
         "version": CHECKPOINT_VERSION,
@@ -354,7 +353,7 @@ def check_compatible(
 
 def load_model(
     path: str | Path, classes: tuple[str, ...] | None = None, device: str | torch.device = "cpu"
-) -> tuple[VGGVOC, dict]:
+) -> tuple[nn.Module, dict]:
     """Rebuild the model stored in a checkpoint; check its class list when `classes` given."""
     ckpt = load_checkpoint(path)
     architecture = ckpt.get("architecture", DEFAULT_ARCHITECTURE)
@@ -400,7 +399,7 @@ def load_state_(model: nn.Module, state: dict, source: str = "checkpoint") -> No
 
 
 def fit(
-    model: VGGVOC,
+    model: nn.Module,
     objective: Objective,
     train_set: Dataset,
     val_set: Dataset,
@@ -555,7 +554,7 @@ def fit(
 
 
 def _reload_finished_(
-    model: VGGVOC, out_dir: Path, classes: tuple[str, ...], stage_config: dict
+    model: nn.Module, out_dir: Path, classes: tuple[str, ...], stage_config: dict
 ) -> dict | None:
     """The stored metrics of the finished run in `out_dir`, its best.pt loaded into `model`;
     None if no run there has finished."""
@@ -573,7 +572,7 @@ def _reload_finished_(
 
 
 def _resume_(
-    model: VGGVOC,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -602,7 +601,7 @@ def _resume_(
 
 def _save_epoch(
     out_dir: Path,
-    model: VGGVOC,
+    model: nn.Module,
     classes: tuple[str, ...],
     fields: dict,
     improved: bool,

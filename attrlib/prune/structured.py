@@ -72,8 +72,8 @@ def keep_indices(conv: nn.Conv2d, rate: float, criterion: str = "l1") -> torch.T
 
 @torch.no_grad()
 def structured_prune(
-    model: VGGVOC, rates: dict[str, float] | float, criterion: str = "l1"
-) -> VGGVOC:
+    model: nn.Module, rates: dict[str, float] | float, criterion: str = "l1"
+) -> nn.Module:
     """A new, physically smaller copy of `model` with the lowest-scoring filters removed.
 
     For every conv with rate r, keep `num_kept(C_out, r)` filters (`keep_indices`); slice its
