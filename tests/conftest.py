@@ -104,3 +104,29 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return SmokeStudy(base / "runs", base / "data", tuple(command))
+
+
+@pytest.fixture
+def plugin_sandbox(monkeypatch: pytest.MonkeyPatch):
+    """Registries as they were before the test, and the extension plugin importable afresh:
+    a test that imports a plugin in this process leaves no entries behind for later tests
+    (registries are process state)."""
+    import sys
+
+    from attrlib.architectures import ARCHITECTURES
+    from attrlib.attribution import FEATURE_METHODS, METHODS
+    from attrlib.distill import MATCHINGS
+    from attrlib.faithfulness import FAITHFULNESS
+    from attrlib.prune import STRUCTURED_CRITERIA, UNSTRUCTURED_CRITERIA
+    from attrlib.study import COMPRESSION, STAGES
+
+    registries = (ARCHITECTURES, FEATURE_METHODS, METHODS, MATCHINGS, FAITHFULNESS)
+    registries += (STRUCTURED_CRITERIA, UNSTRUCTURED_CRITERIA, COMPRESSION, STAGES)
+    for registry in registries:
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    plugin = "tests.extension_plugin"
+    had = sys.modules.pop(plugin, None)
+    yield plugin
+    sys.modules.pop(plugin, None)
+    if had is not None:
+        sys.modules[plugin] = had

@@ -83,7 +83,9 @@ def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypat
     assert (paper / "unstructured_auc.png").is_file() and (paper / "qualitative.png").is_file()
 
 
-def test_a_plugin_network_family_runs_through_the_stages_by_parameters_alone(synth_root, tmp_path):
+def test_a_plugin_network_family_runs_through_the_stages_by_parameters_alone(
+    synth_root, tmp_path, plugin_sandbox
+):
     """A family registered by a plugin: teacher, an SWA student, iterative pruning and an
     evaluation by every method (LRP and RAP walk its sequential layers), chosen by profile
     overrides only."""

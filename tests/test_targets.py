@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from types import SimpleNamespace
 
@@ -465,9 +466,9 @@ def test_iterative_pruning_with_cli_store_equals_without(env, cli_store, tmp_pat
     assert steps == 3 and read_epochs == [0] * steps + [1] * steps
 
 
-def test_a_plugin_matching_in_the_grid_is_a_kind_of_the_store():
+def test_a_plugin_matching_in_the_grid_is_a_kind_of_the_store(plugin_sandbox):
     """The store's kinds come from the grid's COMPRESSION entries, not a fixed list."""
-    import tests.extension_plugin  # noqa: F401  registers the "gxf" matching and word
+    importlib.import_module(plugin_sandbox)  # registers the "gxf" matching and its word
 
     prof = get_profile("smoke", "distill_methods=[kd,gxf] oneshot_methods=[naive,sswa]")
     drop = prof.drop_fraction  # iterative_methods stay [naive, swa]
