@@ -350,3 +350,11 @@ def test_the_resolved_profile_names_the_family_only_when_it_is_not_the_default()
     assert "architecture" not in to_yaml(get_profile("smoke"))
     resnet = get_profile("smoke", "architecture=resnet")
     assert resnet.architecture == "resnet" and "architecture: resnet" in to_yaml(resnet)
+
+
+def test_the_weights_warning_names_the_teachers_family():
+    from attrlib.profiles import weights_warning
+
+    assert "vgg16_bn-6c64b313.pth" in weights_warning("vgg16_bn")
+    resnet = weights_warning("resnet")
+    assert "resnet teacher" in resnet and "resnet18" in resnet and "vgg16_bn" not in resnet

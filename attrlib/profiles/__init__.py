@@ -384,12 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = changed or Path(args.into).read_text() != _show_text(prof, args)
     # once per study (when its resolved profile is first written), not at every make
     if changed and args.data and prof.teacher_width_div == 1 and not args.weights:
-        print(
-            "warning: the teacher trains from scratch: TEACHER_WEIGHTS is not set. The paper "
-            "fine-tunes torchvision's ImageNet vgg16_bn; to do the same, add "
-            "TEACHER_WEIGHTS=/path/to/vgg16_bn-6c64b313.pth (README, Real PASCAL VOC)",
-            file=sys.stderr,
-        )
+        print(weights_warning(prof.architecture), file=sys.stderr)
     text = _show_text(prof, args)
     if args.into is None:
         sys.stdout.write(text)
@@ -398,6 +393,20 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(args.into).is_file() or Path(args.into).read_text() != text:
                 write_text_atomic(args.into, text)  # only on change: make reads its time
     return 0
+
+
+def weights_warning(architecture: str) -> str:
+    """The warning for a full-width teacher without TEACHER_WEIGHTS, naming its family's file."""
+    text = "warning: the teacher trains from scratch: TEACHER_WEIGHTS is not set. "
+    if architecture == "vgg16_bn":
+        return text + (
+            "The paper fine-tunes torchvision's ImageNet vgg16_bn; to do the same, add "
+            "TEACHER_WEIGHTS=/path/to/vgg16_bn-6c64b313.pth (README, Real PASCAL VOC)"
+        )
+    return text + (
+        f"To start the {architecture} teacher from ImageNet, set TEACHER_WEIGHTS to a local "
+        "torchvision state-dict file of that family (for resnet: resnet18-f37072fd.pth)"
+    )
 
 
 def _show_text(prof: Profile, args) -> str:
