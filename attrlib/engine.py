@@ -39,6 +39,7 @@ from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomi
 from attrlib.masks import attach_masks_, has_masks
 from attrlib.predict import mixed_precision, predict, prediction_metrics
 from attrlib.progress import progress_bar
+from attrlib.quantize import QuantSpec, quantization_of, quantize_
 from attrlib.views import ViewKeys
 
 CHECKPOINT_VERSION = 1
@@ -238,13 +239,16 @@ def validate(model: nn.Module, val_set: Dataset, device: torch.device) -> dict[s
 
 
 def make_checkpoint(model: nn.Module, classes: tuple[str, ...], **extra: Any) -> dict:
-    """A checkpoint dict that can rebuild the model on its own (config + class list)."""
+    """A checkpoint dict that can rebuild the model on its own (config + class list, and
+    its `quantization` when fake-quantized)."""
+    quantization = quantization_of(model)
     return {
         "version": CHECKPOINT_VERSION,
         "architecture": model.architecture,
         "model_config": model.config.to_dict(),
         "classes": list(classes),
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **({"quantization": quantization.to_dict()} if quantization else {}),
         **extra,
     }
 
@@ -364,6 +368,8 @@ def load_model(
             "foreign",
         )
     model = rebuild(architecture, ckpt["model_config"])
+    if "quantization" in ckpt:  # its state holds the rounding's parametrizations and ranges
+        quantize_(model, QuantSpec.from_dict(ckpt["quantization"]))
     if classes is not None:
         check_compatible(ckpt, model.config, classes, source=str(path))
     load_state_(model, ckpt["model_state"], source=str(path))
