@@ -79,7 +79,7 @@ stage_of = $(firstword $(filter-out teacher-s%,$(subst /, ,$(patsubst $(RUNS)/%,
 #   resume and skips what is finished. The launcher assigns GPUs, so GPUS is for one node.
 TORCHRUN ?= $(VENV)/bin/torchrun
 GPU_LOCKS ?= $(RUNS)
-GRID_STAGES := distill prune_oneshot prune_iterative
+GRID_STAGES := distill prune_oneshot prune_iterative quantize
 GPU_STAGES := teacher targets evaluate $(GRID_STAGES)
 TORCHRUN_STAGES := teacher evaluate $(GRID_STAGES)
 empty :=
@@ -113,8 +113,8 @@ endef
 
 # The study's grid comes from the profile itself (attrlib/config.py, written once; run names:
 # distill/x<width>-<method>-s<seed>, prune_oneshot/p<rate>-<method>-s<seed>,
-# prune_iterative/<method>-s<seed>; the method words and their notebook parameters are
-# attrlib/study.py's COMPRESSION). make writes the included file first and restarts itself;
+# prune_iterative/<method>-s<seed>, quantize/w<bits>-<method>-s<seed>; the method words and
+# their notebook parameters are attrlib/study.py's COMPRESSION). make writes the included file first and restarts itself;
 # goals that run no stage skip it (they need no venv).
 GRID_MK := $(RUNS)/.grid.mk
 NO_GRID_GOALS := $(NO_PROFILE_GOALS) clean-runs results tensorboard
@@ -144,17 +144,21 @@ ALL_TARGETS := $(foreach t,$(TEACHER_SEEDS),$(call tree,$(t))/teacher/targets.pt
 # Seeds per stage (default SEEDS): e.g. DISTILL_SEEDS=0 keeps one seed of distillation.
 DISTILL_SEEDS ?= $(SEEDS)
 PRUNE_SEEDS ?= $(SEEDS)
+QUANTIZE_SEEDS ?= $(SEEDS)
 # A run's folder name, notebook and parameters come from attrlib.study (GRID_MK's
 # <stage>_run, <stage>_notebook and <stage>_params of (setting, method word, seed)).
 distill_nb = $(call tree,$(1))/distill/$(call distill_run,$(2),$(3),$(4))/$(distill_notebook).ipynb
 oneshot_nb = $(call tree,$(1))/prune_oneshot/$(call oneshot_run,$(2),$(3),$(4))/$(oneshot_notebook).ipynb
 iterative_nb = $(call tree,$(1))/prune_iterative/$(call iterative_run,$(2),$(3))/$(iterative_notebook).ipynb
+quantize_nb = $(call tree,$(1))/quantize/$(call quantize_run,$(2),$(3),$(4))/$(quantize_notebook).ipynb
 distill_nbs = $(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(call distill_nb,$(1),$(w),$(m),$(s)))))
 oneshot_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(call oneshot_nb,$(1),$(r),$(m),$(s)))))
 iterative_nbs = $(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(call iterative_nb,$(1),$(m),$(s))))
+quantize_nbs = $(foreach s,$(QUANTIZE_SEEDS),$(foreach b,$(QUANTIZE_BITS),$(foreach m,$(QUANTIZE_METHODS),$(call quantize_nb,$(1),$(b),$(m),$(s)))))
 DISTILL_NBS := $(foreach t,$(TEACHER_SEEDS),$(call distill_nbs,$(t)))
 ONESHOT_NBS := $(foreach t,$(TEACHER_SEEDS),$(call oneshot_nbs,$(t)))
 ITERATIVE_NBS := $(foreach t,$(TEACHER_SEEDS),$(call iterative_nbs,$(t)))
+QUANTIZE_NBS := $(foreach t,$(TEACHER_SEEDS),$(call quantize_nbs,$(t)))
 TEACHER_CKPT := $(call tree,$(firstword $(TEACHER_SEEDS)))/teacher/best.pt
 EVAL_NBS := $(foreach t,$(TEACHER_SEEDS),$(call tree,$(t))/evaluate/05_evaluate.ipynb)
 PAPER_NB := $(RUNS)/paper/06_paper.ipynb
@@ -173,7 +177,7 @@ GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 TEACHERS_AT_ONCE := $(shell n=$(words $(TEACHER_SEEDS)); echo $$(( n < $(JOBS) ? (n > 0 ? n : 1) : $(JOBS) )))
 TEACHER_ENV := $(if $(filter-out 1,$(TEACHERS_AT_ONCE)),OMP_NUM_THREADS=$(shell echo $$(( $(NCPU) / $(TEACHERS_AT_ONCE) > 0 ? $(NCPU) / $(TEACHERS_AT_ONCE) : 1 ))))
 
-.PHONY: all venv data check-data teacher targets distill prune prune-oneshot prune-iterative evaluate paper bench \
+.PHONY: all venv data check-data teacher targets distill prune prune-oneshot prune-iterative evaluate quantize paper bench \
 	timings results test test-slow lint lab clean clean-runs help
 
 all: paper  ## the whole study: environment, data, every stage, tables and figures
@@ -209,7 +213,8 @@ Variables (make VAR=value ...):
   VOC_ROOT=/path/to/VOCdevkit/VOC2012   real PASCAL VOC 2012 (with PROFILE=voc)
   TEACHER_WEIGHTS=/path/to/vgg16_bn.pth torchvision's ImageNet weights for the voc teacher
   TEACHER_SEEDS          the teachers (default: the profile's teacher_seeds)
-  SEEDS, DISTILL_SEEDS, PRUNE_SEEDS     seeds of each teacher's grid (default: the profile's)
+  SEEDS, DISTILL_SEEDS, PRUNE_SEEDS, QUANTIZE_SEEDS  seeds of each teacher's grid
+                         (default: the profile's)
   JOBS=n THREADS=n       grid runs at a time, torch threads each (default: cores, 1 each)
   FAITH_METRICS=deletion,insertion,road  faithfulness metrics of the evaluation (default:
                          every registered one but the opt-in road)
@@ -262,6 +267,7 @@ distill: $(DISTILL_NBS)  ## every distillation run of the grid (notebook 02)
 prune: prune-oneshot prune-iterative  ## both pruning stages
 prune-oneshot: $(ONESHOT_NBS)  ## every one-shot structured pruning run (notebook 03)
 prune-iterative: $(ITERATIVE_NBS)  ## every iterative unstructured pruning schedule (notebook 04)
+quantize: $(QUANTIZE_NBS)  ## every quantization-aware fine-tuning run (notebook 07)
 evaluate: $(EVAL_NBS)  ## accuracy and localization of every model (notebook 05)
 
 # Every finished model of a teacher's folder: the teacher, students, pruned networks,
@@ -280,7 +286,7 @@ $(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
 	@mkdir -p $$(RUNS)
 	$$(TEACHER_ENV) $$(call claim,$$@,,targets) $$(call run_prefix,targets) $$(PY) -m attrlib.stages targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
 
-$(2)/evaluate/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(2)/teacher/01_teacher.ipynb $(call distill_nbs,$(1)) $(call oneshot_nbs,$(1)) $(call iterative_nbs,$(1))
+$(2)/evaluate/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(2)/teacher/01_teacher.ipynb $(call distill_nbs,$(1)) $(call oneshot_nbs,$(1)) $(call iterative_nbs,$(1)) $(call quantize_nbs,$(1))
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) $$(FAITH_PARAMS) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
 endef
 $(foreach t,$(TEACHER_SEEDS),$(eval $(call TEACHER_RULES,$(t),$(call tree,$(t)))))
@@ -293,6 +299,7 @@ endef
 $(foreach t,$(TEACHER_SEEDS),$(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(eval $(call RUN_RULE,$(t),$(call distill_nb,$(t),$(w),$(m),$(s)),$(call distill_params,$(w),$(m),$(s)),distill))))))
 $(foreach t,$(TEACHER_SEEDS),$(foreach s,$(PRUNE_SEEDS),$(foreach r,$(PRUNE_RATES),$(foreach m,$(ONESHOT_METHODS),$(eval $(call RUN_RULE,$(t),$(call oneshot_nb,$(t),$(r),$(m),$(s)),$(call oneshot_params,$(r),$(m),$(s)),oneshot))))))
 $(foreach t,$(TEACHER_SEEDS),$(foreach s,$(PRUNE_SEEDS),$(foreach m,$(ITERATIVE_METHODS),$(eval $(call RUN_RULE,$(t),$(call iterative_nb,$(t),$(m),$(s)),$(call iterative_params,$(m),$(s)),iterative)))))
+$(foreach t,$(TEACHER_SEEDS),$(foreach s,$(QUANTIZE_SEEDS),$(foreach b,$(QUANTIZE_BITS),$(foreach m,$(QUANTIZE_METHODS),$(eval $(call RUN_RULE,$(t),$(call quantize_nb,$(t),$(b),$(m),$(s)),$(call quantize_params,$(b),$(m),$(s)),quantize))))))
 
 paper: $(PAPER_NB)  ## the paper's tables and figures (notebook 06)
 $(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NBS)

@@ -349,11 +349,12 @@ class EvalConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class _PruneConfig(CompressionConfig):
-    """What the two pruning stages share: the network to prune, its reference, a criterion."""
+class _FineTuneConfig(CompressionConfig):
+    """A trained network compressed and fine-tuned against its uncompressed self (pruning,
+    quantization): the network, its reference, the fine-tunes' matching lambda."""
 
-    teacher: str = ""  # reference for matching; "" = the unpruned `model`
-    model: str = ""  # checkpoint to prune; "": the lab's teacher
+    teacher: str = ""  # reference for matching; "" = the uncompressed `model`
+    model: str = ""  # checkpoint to compress; "": the lab's teacher
 
     def _profile_defaults(self, prof: Profile) -> dict:
         lam = prof.prune_matching_lambda
@@ -369,6 +370,11 @@ class _PruneConfig(CompressionConfig):
 
     def _default_teacher(self, prof: Profile) -> str:
         return self.model
+
+
+@dataclass(frozen=True)
+class _PruneConfig(_FineTuneConfig):
+    """What the two pruning stages share: a criterion scoring the weights."""
 
     def _criteria(self):
         """The registry `criterion` (how weights are scored, a field of each stage) names."""
@@ -447,3 +453,42 @@ class PruneIterativeConfig(_PruneConfig):
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(_FineTuneConfig):
+    """Quantization-aware fine-tuning at `bits`-bit weights and `act_bits`-bit activations
+    (attrlib.quantize), with CE (+ matching the float teacher's maps)."""
+
+    stage: ClassVar[str] = "quantize"  # its folder under runs/<profile>/, in config.json
+
+    bits: int = 8  # conv and linear weights, per output channel (2..8)
+    act_bits: int = 8  # activations, per tensor (2..8)
+    # the first conv and the last linear layer (2..8; None: `bits` like every layer)
+    edge_bits: int | None = 8
+    calibration_batches: int = 8  # training batches that set the activation ranges
+
+    def _base_recipe(self, prof: Profile) -> Recipe:
+        return prof.quantize or prof.prune_oneshot
+
+    RUN_NAME: ClassVar[str] = "w{bits}-{method}-s{seed}"
+
+    def run_name(self) -> str:
+        return self.RUN_NAME.format(
+            bits=self.bits, method=self.method_word("naive"), seed=self.seed
+        )
+
+    def spec(self):
+        """The quantization (attrlib.quantize.QuantSpec) this run trains under."""
+        from attrlib.quantize import QuantSpec
+
+        return QuantSpec(self.bits, self.act_bits, self.edge_bits)
+
+    def _check(self, prof: Profile) -> None:
+        super()._check(prof)
+        try:
+            self.spec()
+        except ValueError as e:  # name the config's own fields
+            raise ValueError(str(e).replace("weight_bits", "bits")) from None
+        if self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be >= 1, got {self.calibration_batches}")

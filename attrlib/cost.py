@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attrlib.masks import effective_parameters
 from attrlib.models import eval_mode
+from attrlib.quantize import weight_bytes
 
 # ops whose FLOPs count: convolutions and the matrix products behind nn.Linear
 MAC_OPS = frozenset(
@@ -81,10 +82,12 @@ def sparsity(model: nn.Module) -> float:
 
 
 def model_cost(model: nn.Module) -> dict:
-    """All cost figures at the model's own input size: params, nonzero_params, macs, sparsity."""
+    """All cost figures at the model's own input size: params, nonzero_params, macs, sparsity,
+    and weight_bytes, the parameters' bytes at their stored widths (attrlib.quantize)."""
     return {
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
         "macs": count_macs(model),
         "sparsity": sparsity(model),
+        "weight_bytes": weight_bytes(model),
     }

@@ -267,6 +267,7 @@ _STAGE_TARGETS = {
     "distill": "distill",
     "prune_oneshot": "prune-oneshot",
     "prune_iterative": "prune-iterative",
+    "quantize": "quantize",
 }
 _KINDS = {"last.pt": "last-epoch checkpoint", "best.pt": "best checkpoint", "final.pt": "model"}
 

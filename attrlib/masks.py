@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
@@ -34,9 +34,15 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[nn.Module, str, tor
     """`(module, name, tensor)` of every parameter as the forward pass uses it, detached.
 
     A masked parameter is stored as `<name>_orig` plus a `<name>_mask` buffer; it is reported
-    once, under its plain `<name>`, with the current `orig * mask` (`effective_weight`).
+    once, under its plain `<name>`, with the current `orig * mask` (`effective_weight`). A
+    parametrized one (a quantized weight) is reported under its name, as parametrized.
     """
     for module in model.modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # its `original` is reported under the parametrized name, as used
+        if parametrize.is_parametrized(module):  # a quantized weight (attrlib.quantize)
+            for name in module.parametrizations:
+                yield module, name, getattr(module, name).detach()
         for name, param in module.named_parameters(recurse=False):
             base = name.removesuffix("_orig")
             if base != name and hasattr(module, base + "_mask"):

@@ -123,6 +123,8 @@ def collect(runs_dir: str | Path, require: Sequence[str] | None = None) -> pd.Da
             "sparsity",
         ):
             row[key] = summary[key]
+        # bytes at the stored widths; a summary older than the field is a float32 model's
+        row["weight_bytes"] = summary.get("weight_bytes", 4 * summary["params"])
         row["pairs"] = summary.get("pairs_scored", np.nan)
         if summary.get("refused_methods"):  # a column only where some model has refusals
             row["refused_methods"] = " ".join(sorted(summary["refused_methods"]))
@@ -179,6 +181,21 @@ def structured_table(frame: pd.DataFrame, scores: Sequence[str] | None = None) -
     cols = _metric_columns(frame, scores or table_scores()) + ["params", "macs"]
     rows = frame[frame["stage"] == "prune_oneshot"]
     return mean_std(rows, ["rate", "method"], cols)
+
+
+def quantization_table(
+    frame: pd.DataFrame, scores: Sequence[str] | None = None, extra: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Weight bits x method (naive, SWA, ...), the float teachers first (bits 32): metrics,
+    `extra` columns, then the parameters' bytes at their widths."""
+    cols = _metric_columns(frame, scores or table_scores()) + [*extra, "weight_bytes"]
+    cols = [c for c in cols if c in frame]
+    rows = frame[frame["stage"] == "quantize"]
+    teacher = frame[frame["stage"] == "teacher"].assign(bits=32)
+    table = mean_std(pd.concat([teacher, rows]).astype({"bits": int}), ["bits", "method"], cols)
+    order = {m: i for i, m in enumerate(["teacher", *method_order("quantize", rows["method"])])}
+    keys = [(-bits, order[method]) for bits, method in table.index]
+    return table.iloc[sorted(range(len(table)), key=keys.__getitem__)]
 
 
 def unstructured_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -274,6 +291,9 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         mean, std = table[(col, "mean")], table[(col, "std")]
         if col in ("params", "macs"):
             out[col] = mean.map(lambda v: f"{v / 1e6:.2f}M")
+            continue
+        if col == "weight_bytes":
+            out[col] = mean.map(lambda v: f"{v / 1e3:.0f} kB")
             continue
         out[col] = [
             f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
@@ -469,12 +489,16 @@ def readme_tables(frame: pd.DataFrame, every: int = 2) -> str:
     iterative = frame[frame["stage"] == "prune_iterative"]
     iterative = iterative[iterative["iteration"] % every == 0]
     iterative = mean_std(iterative, ["iteration", "method"], ["sparsity", *cols])
-    parts = []
-    for title, table in (
+    tables = [
         ("Distillation", distill),
         ("One-shot structured pruning", oneshot),
         (f"Iterative unstructured pruning (every {_ordinal(every)} iteration)", iterative),
-    ):
+    ]
+    if (frame["stage"] == "quantize").any():
+        quantized = quantization_table(frame, README_SCORES, extra=["pairs", "dead_maps"])
+        tables.append(("Quantization (weight bits; 32: the float teacher)", quantized))
+    parts = []
+    for title, table in tables:
         shown = format_table(table)
         if ("pairs", "mean") in table:  # a count: its mean over seeds, whole
             shown["pairs"] = table[("pairs", "mean")].map(

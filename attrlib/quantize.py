@@ -2,7 +2,8 @@
 
 A network is quantized in place (`quantize_`) with PyTorch's own quantization machinery:
 - every conv and linear weight is a `torch.nn.utils.parametrize` parametrization that
-  rounds it per output channel, symmetric, to `weight_bits` (scales from torch's
+  rounds it per output channel, symmetric, to `weight_bits` (`edge_bits`, 8 by default, for
+  the first conv and the last linear layer, as low-bit networks usually do; scales from torch's
   `PerChannelMinMaxObserver` on the current weights, rounding by
   `torch.fake_quantize_per_channel_affine`, straight-through gradient). Being a
   parametrization, `module.weight` *is* the rounded weight for every reader: the forward
@@ -27,6 +28,8 @@ the fake-quantized network, which it reproduces within a tested tolerance.
 from __future__ import annotations
 
 import io
+import statistics
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -57,36 +60,40 @@ class QuantSpec:
 
     weight_bits: int = 8  # conv and linear weights, per output channel, symmetric
     act_bits: int = 8  # the first conv's input and every ReLU output, per tensor, affine
+    # the first conv and the last linear layer (few weights, most sensitive: the usual
+    # exception of low-bit networks); None: weight_bits like the rest
+    edge_bits: int | None = 8
 
     def __post_init__(self) -> None:
-        if self.weight_bits not in WEIGHT_BITS:
-            raise ValueError(f"weight_bits must be in 2..8, got {self.weight_bits}")
+        for name, value in (("weight_bits", self.weight_bits), ("edge_bits", self.edge_bits)):
+            if value not in WEIGHT_BITS and not (name == "edge_bits" and value is None):
+                raise ValueError(f"{name} must be in 2..8, got {value}")
         if self.act_bits not in ACT_BITS:
             raise ValueError(f"act_bits must be in 2..8, got {self.act_bits}")
 
-    @property
-    def weight_range(self) -> tuple[int, int]:
-        """The narrow symmetric integer range of the weights: (-q, q), q = 2^(b-1) - 1."""
-        q = 2 ** (self.weight_bits - 1) - 1
-        return -q, q
+    def bits_of(self, edge: bool) -> int:
+        """The weight width of a layer: `edge_bits` for the first conv and the last linear."""
+        return self.edge_bits if edge and self.edge_bits is not None else self.weight_bits
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> QuantSpec:
-        unknown = set(values) - {"weight_bits", "act_bits"}
+        unknown = set(values) - {"weight_bits", "act_bits", "edge_bits"}
         if unknown:
             raise ValueError(f"quantization: unknown fields {sorted(unknown)}")
         return cls(**values)
 
 
 class WeightFakeQuant(nn.Module):
-    """Parametrization: a weight rounded per output channel to its own current range."""
+    """Parametrization: a weight rounded per output channel to its own current range, on
+    the narrow symmetric grid [-q, q], q = 2^(bits-1) - 1."""
 
-    def __init__(self, spec: QuantSpec) -> None:
+    def __init__(self, bits: int) -> None:
         super().__init__()
-        self.quant_min, self.quant_max = spec.weight_range
+        self.bits = bits
+        self.quant_min, self.quant_max = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
         self.observer = PerChannelMinMaxObserver(
             ch_axis=0,
             dtype=torch.qint8,
@@ -147,16 +154,21 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> nn.Module:
     ]
     if not convs:
         raise ValueError("quantize_: the network has no convolution to take its input")
-    for module in _weighted(model):
-        parametrize.register_parametrization(module, "weight", WeightFakeQuant(spec))
+    device = next(model.parameters()).device
+    weighted = _weighted(model)
+    linears = [m for m in weighted if isinstance(m, nn.Linear)]
+    edges = {id(convs[0]), id(linears[-1] if linears else weighted[-1])}
+    for module in weighted:
+        bits = spec.bits_of(id(module) in edges)
+        parametrize.register_parametrization(module, "weight", WeightFakeQuant(bits).to(device))
     # hooks, not new modules: the layers keep their names, so attribution hooks registered
     # later on a ReLU (Grad-CAM's layer) see the rounded output
     first = convs[0]
-    first.input_fake_quant = activation_fake_quant(spec)
+    first.input_fake_quant = activation_fake_quant(spec).to(device)
     first.register_forward_pre_hook(_quantize_input)
     for module in model.modules():
         if isinstance(module, nn.ReLU):
-            module.output_fake_quant = activation_fake_quant(spec)
+            module.output_fake_quant = activation_fake_quant(spec).to(device)
             module.register_forward_hook(_quantize_output)
     model.quantization = spec
     return model
@@ -196,16 +208,19 @@ def calibrate_(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes the network's parameters take when stored at their quantized widths: conv and
-    linear weights at `weight_bits` (plus one float32 scale per output channel), everything
-    else (biases, batch norm) as float32."""
-    spec = quantization_of(model)
+    """Bytes the network's parameters take when stored at their quantized widths: each
+    rounded weight at its layer's bits (plus one float32 scale per output channel),
+    everything else (biases, batch norm) as float32."""
     total_bits = 0
-    for name, p in model.named_parameters():
-        if spec is not None and name.endswith("parametrizations.weight.original"):
-            total_bits += p.numel() * spec.weight_bits + p.shape[0] * 32
-        else:
+    for module in model.modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # counted with the module it parametrizes
+        for p in module.parameters(recurse=False):
             total_bits += p.numel() * 32
+        if parametrize.is_parametrized(module, "weight"):
+            weight = module.parametrizations.weight
+            rows = weight.original.shape[0]
+            total_bits += weight.original.numel() * weight[0].bits + rows * 32
     return (total_bits + 7) // 8
 
 
@@ -244,7 +259,7 @@ def to_int8(model: nn.Module, engine: str = "x86") -> Int8VGG:
     from torch.ao.quantization import convert, fuse_modules, prepare
 
     spec = quantization_of(model)
-    if spec is None or (spec.weight_bits, spec.act_bits) != (8, 8):
+    if spec is None or (spec.weight_bits, spec.act_bits, spec.bits_of(True)) != (8, 8, 8):
         raise ValueError(f"to_int8 needs an 8-bit quantized network, got {spec}")
     if getattr(model, "architecture", None) != "vgg16_bn":
         raise ValueError(
@@ -322,6 +337,61 @@ def quantized_engine(engine: str = "x86") -> Iterator[None]:
         yield
     finally:
         torch.backends.quantized.engine = previous
+
+
+def _batch_seconds(model: nn.Module, images: torch.Tensor, repeats: int) -> float:
+    """Median wall time of one forward pass over `images` (after one warm-up pass)."""
+    times = []
+    with torch.no_grad(), eval_mode(model):
+        model(images)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(images)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def deployment_report(
+    quantized: nn.Module,
+    float_model: nn.Module,
+    dataset,
+    batch_size: int = 32,
+    repeats: int = 5,
+    engine: str = "x86",
+) -> dict:
+    """The int8 network of an 8-bit fake-quantized VGG against it and the float network, in
+    this process, on the CPU: stored bytes, seconds per batch of `batch_size` images, class
+    mAP on `dataset`, and how far the int8 logits are from the fake-quantized ones."""
+    from attrlib.predict import predict, prediction_metrics
+
+    cpu = torch.device("cpu")
+    quantized, float_model = quantized.to(cpu), float_model.to(cpu)
+    int8 = to_int8(quantized, engine)
+    with quantized_engine(engine):
+        logits_int8, labels = predict(int8, dataset, cpu, batch_size)
+        logits_fake, _ = predict(quantized, dataset, cpu, batch_size)
+        logits_float, _ = predict(float_model, dataset, cpu, batch_size)
+        images = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
+        seconds = {
+            "float": _batch_seconds(float_model, images, repeats),
+            "int8": _batch_seconds(int8, images, repeats),
+        }
+    gap = (logits_int8 - logits_fake).abs()  # (N, K)
+    return {
+        "engine": engine,
+        "batch_size": len(images),
+        "threads": torch.get_num_threads(),
+        "bytes_float": stored_bytes(float_model),
+        "bytes_int8": stored_bytes(int8),
+        "seconds_per_batch_float": seconds["float"],
+        "seconds_per_batch_int8": seconds["int8"],
+        "speedup": seconds["float"] / seconds["int8"],
+        "map_class_float": prediction_metrics(logits_float, labels)["map_class"],
+        "map_class_fake_quantized": prediction_metrics(logits_fake, labels)["map_class"],
+        "map_class_int8": prediction_metrics(logits_int8, labels)["map_class"],
+        "max_logit_gap": gap.max().item(),
+        "max_logit_gap_relative": (gap.max() / logits_fake.abs().max()).item(),
+    }
 
 
 def stored_bytes(model: nn.Module) -> int:

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from attrlib.config import (
     Profile,
     PruneIterativeConfig,
     PruneOneShotConfig,
+    QuantizeConfig,
     TeacherConfig,
     get_profile,
     resolve_device,
@@ -33,11 +35,12 @@ from attrlib.data import (
     read_split,
 )
 from attrlib.distill import NO_MATCHING, CompressionObjective, target_key
-from attrlib.engine import fit, load_model, make_checkpoint, multilabel_objective
+from attrlib.engine import epoch_loader, fit, load_model, make_checkpoint, multilabel_objective
 from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.masks import permanent_copy
 from attrlib.prune import global_prune_, remaining_fraction, structured_prune
+from attrlib.quantize import calibrate_, deployment_report, quantize_
 from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profile_kinds
 from attrlib.views import TrainViews, ViewSpec
 
@@ -209,6 +212,32 @@ def prune_oneshot(cfg: PruneOneShotConfig) -> tuple[nn.Module, dict]:
     model, objective, data = _pruning_inputs(cfg)
     pruned = structured_prune(model, cfg.rate, cfg.criterion)  # a new, smaller network
     return pruned, _fit_stage(pruned, objective, data, cfg)
+
+
+def quantize(cfg: QuantizeConfig) -> tuple[nn.Module, dict]:
+    """Quantization-aware fine-tuning (attrlib.quantize): the network's weights rounded to
+    `cfg.bits`, activations to `cfg.act_bits` with ranges calibrated on the first
+    `cfg.calibration_batches` training batches (view epoch 0), then CE (+ matching) as in
+    pruning's fine-tuning."""
+    model, objective, data = _pruning_inputs(cfg)
+    quantize_(model, cfg.spec())
+    loader = epoch_loader(data[0], cfg.recipe.batch_size, cfg.seed, view_epoch=0)
+    calibrate_(model, (views for views, *_ in islice(loader, cfg.calibration_batches)))
+    return model, _fit_stage(model, objective, data, cfg)
+
+
+def quantized_deployment(cfg: QuantizeConfig, model: nn.Module) -> dict | None:
+    """For an 8-bit VGG run: its int8 CPU network against the fake-quantized one and the
+    float network it started from (attrlib.quantize.deployment_report, on the validation
+    set); None where no int8 network exists (lower widths, other families)."""
+    spec = cfg.spec()
+    if (spec.weight_bits, spec.act_bits, spec.bits_of(True)) != (8, 8, 8):
+        return None
+    if model.architecture != "vgg16_bn":
+        return None
+    float_model, classes = load_reference(cfg.model, cfg.data_root, torch.device("cpu"))
+    val = VOCClassification(cfg.data_root, "val", classes, eval_transform(model.config.input_size))
+    return deployment_report(model, float_model, val)
 
 
 def prune_iterative(

@@ -22,6 +22,7 @@ from attrlib.config import (
     Profile,
     PruneIterativeConfig,
     PruneOneShotConfig,
+    QuantizeConfig,
     TeacherConfig,
     get_profile,
     lab_dir,
@@ -80,6 +81,15 @@ for _stage in (
         label=lambda v: f"iteration {int(v)}",
         baseline="naive",
         pooled=True,
+    ),
+    Stage(
+        QuantizeConfig.stage,
+        "07_quantize",
+        QuantizeConfig,
+        "quantize",
+        setting="bits",
+        label=lambda v: f"{int(v)}-bit",
+        baseline="naive",
     ),
 ):
     STAGES.register(_stage.name)(_stage)
@@ -183,6 +193,8 @@ class Grid:
     distill: tuple[str, ...]  # method words
     oneshot: tuple[str, ...]
     iterative: tuple[str, ...]
+    bits: tuple[int, ...] = ()  # quantization's weight widths
+    quantize: tuple[str, ...] = ()
 
 
 def grid(profile: str, overrides: str | Sequence[str] = ()) -> Grid:
@@ -195,6 +207,8 @@ def grid(profile: str, overrides: str | Sequence[str] = ()) -> Grid:
         prof.distill_methods,
         prof.oneshot_methods,
         prof.iterative_methods,
+        prof.quantize_bits,
+        prof.quantize_methods,
     )
 
 
@@ -202,7 +216,12 @@ def grid_stages(profile: str, overrides: str | Sequence[str] = ()) -> list[str]:
     """The stages a profile's `make all` runs: the teacher and every compression stage whose
     method list is not empty."""
     g = grid(profile, overrides)
-    methods = {"distill": g.distill, "prune_oneshot": g.oneshot, "prune_iterative": g.iterative}
+    methods = {
+        "distill": g.distill,
+        "prune_oneshot": g.oneshot,
+        "prune_iterative": g.iterative,
+        "quantize": g.quantize if g.bits else (),
+    }
     return [s for s in STAGES if methods.get(s, True)]
 
 
@@ -213,6 +232,7 @@ def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
         ("distill", g.distill),
         ("oneshot", g.oneshot),
         ("iterative", g.iterative),
+        ("quantize", g.quantize),
     ):
         for word in words:
             if word not in COMPRESSION:  # also catches a plugin's word without its module
@@ -221,6 +241,11 @@ def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
                     f"valid: {', '.join(COMPRESSION.names())} (a plugin's words need the "
                     "profile's `plugins` to list its module)"
                 )
+    if g.quantize and not g.bits:
+        raise ValueError(f"profile {profile!r}: quantize_methods needs quantize_bits (2..8)")
+    bad = [b for b in g.bits if not 2 <= b <= 8]
+    if bad:
+        raise ValueError(f"profile {profile!r}: quantize_bits must be in 2..8, got {bad}")
     lines = [
         f"GRID_SEEDS := {' '.join(map(str, g.seeds))}",
         f"GRID_TEACHER_SEEDS := {' '.join(map(str, g.teacher_seeds))}",
@@ -229,6 +254,8 @@ def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
         f"PRUNE_RATES := {' '.join(f'{r:g}' for r in g.rates)}",
         f"ONESHOT_METHODS := {' '.join(g.oneshot)}",
         f"ITERATIVE_METHODS := {' '.join(g.iterative)}",
+        f"QUANTIZE_BITS := {' '.join(map(str, g.bits))}",
+        f"QUANTIZE_METHODS := {' '.join(g.quantize if g.bits else ())}",
     ]
     for word in COMPRESSION:
         params = COMPRESSION.get(word).parameters(prof)
@@ -238,7 +265,12 @@ def makefile_grid(profile: str, overrides: str | Sequence[str] = ()) -> str:
 
 
 # make's name of each compression stage's grid (DISTILL_METHODS, <prefix>_run, ...)
-MAKE_PREFIX = {"distill": "distill", "prune_oneshot": "oneshot", "prune_iterative": "iterative"}
+MAKE_PREFIX = {
+    "distill": "distill",
+    "prune_oneshot": "oneshot",
+    "prune_iterative": "iterative",
+    "quantize": "quantize",
+}
 
 
 def make_run_functions() -> list[str]:

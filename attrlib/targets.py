@@ -173,7 +173,12 @@ def build_targets(
 def profile_kinds(profile) -> list[tuple[str, float]]:
     """The map kinds (matching, drop fraction) a profile's grid matches with, from its
     methods' `COMPRESSION` entries (a plugin's matching included), in the registry's order."""
-    words = {*profile.distill_methods, *profile.oneshot_methods, *profile.iterative_methods}
+    words = {
+        *profile.distill_methods,
+        *profile.oneshot_methods,
+        *profile.iterative_methods,
+        *(profile.quantize_methods if profile.quantize_bits else ()),
+    }
     kinds = []
     for word in COMPRESSION:
         method = COMPRESSION.get(word)
@@ -189,4 +194,5 @@ def profile_epochs(profile) -> int:
         profile.distill.epochs,
         profile.prune_oneshot.epochs,
         profile.iterative_steps * profile.prune_iterative.epochs,
+        (profile.quantize or profile.prune_oneshot).epochs,
     )

@@ -42,6 +42,7 @@ STAGE_ORDER = (
     "distill",
     "prune_oneshot",
     "prune_iterative",
+    "quantize",
     "evaluate",
     "paper",
 )

@@ -102,6 +102,7 @@ def test_sparsity_with_prune_reparametrisation() -> None:
         "nonzero_params": nonzero_before - pruned,
         "macs": closed_form_macs(model.config.widths, 3, 32),
         "sparsity": pytest.approx(pruned / total),
+        "weight_bytes": 4 * params_before,  # float32, zeros stored in full
     }
     for conv in model.convs:  # making the pruning permanent changes nothing
         prune.remove(conv, "weight")

@@ -15,6 +15,7 @@ from attrlib.config import (
     EvalConfig,
     PruneIterativeConfig,
     PruneOneShotConfig,
+    QuantizeConfig,
     TeacherConfig,
     get_profile,
 )
@@ -32,6 +33,7 @@ CONFIGS = {
     "04_prune_iterative": (PruneIterativeConfig, {}),
     "05_evaluate": (EvalConfig, {"checkpoint": "checkpoints"}),
     "06_paper": (None, {}),
+    "07_quantize": (QuantizeConfig, {}),
 }
 
 
@@ -42,6 +44,7 @@ NOTEBOOK_ONLY = {
     "02_distill": {"plugins"},
     "03_prune_oneshot": {"plugins"},
     "04_prune_iterative": {"plugins"},
+    "07_quantize": {"plugins"},
     "05_evaluate": {"out_dir", "runs_dir", "grid_models", "plugins"},
 }
 # Defaults a notebook resolves itself (attrlib.study.evaluation_inputs): 05 evaluates every
@@ -190,6 +193,21 @@ def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
     assert abs(schedule[-1]["sparsity"] - (1 - 0.8**steps)) < 0.01
     assert (iterative / "final.pt").is_file()
 
+    quantized = runs / "quantize" / "w8-swa-s0"
+    _execute(
+        "07_quantize",
+        quantized,
+        out_dir=str(quantized),
+        model=str(teacher),
+        bits=8,
+        matching="swa",
+        **common,
+    )
+    cost = json.loads((quantized / "cost.json").read_text())
+    assert cost["weight_bytes"] < 0.3 * 4 * cost["params"]
+    int8 = json.loads((quantized / "int8.json").read_text())
+    assert int8["bytes_int8"] < 0.4 * int8["bytes_float"]
+
     checkpoints = [str(p) for p in sorted(runs.glob("**/best.pt"))]
     _execute(
         "05_evaluate",
@@ -214,6 +232,7 @@ def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
     for name in (
         "table_distillation.md",
         "table_structured.tex",
+        "table_quantization.md",
         "unstructured_auc.pdf",
         "qualitative.png",
         "summary.md",

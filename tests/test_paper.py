@@ -86,7 +86,9 @@ def test_method_labels():
 
 
 def test_collect_names_missing_stages(tmp_path, runs):
-    with pytest.raises(FileNotFoundError, match=r"\['prune_oneshot', 'prune_iterative'\]"):
+    with pytest.raises(
+        FileNotFoundError, match=r"\['prune_oneshot', 'prune_iterative', 'quantize'\]"
+    ):
         collect(runs)
     with pytest.raises(FileNotFoundError, match="teacher"):
         collect(tmp_path / "nothing")
@@ -98,7 +100,7 @@ def test_collect_has_pairs_and_last_epoch_dead_maps(runs):
         history = _history([0.9, dead])
         _run(runs, f"{iterative}/iter_0{k}", {"matching": "swa", "iteration": k}, 0.0, 0, history)
     _run(runs, "prune_oneshot/p0.5-naive-s0", {"rate": 0.5, "matching": "none"}, 0.0, 0)
-    frame = collect(runs).set_index("run")
+    frame = collect(runs, require=["teacher", "distill"]).set_index("run")
     assert (frame["pairs"] == 20).all()
     assert frame.loc["distill/x2-swa-s0", "dead_maps"] == 0.25
     assert frame.loc["distill/x2-swa-s1", "dead_maps"] == 0.5

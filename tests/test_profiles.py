@@ -341,7 +341,15 @@ def test_replicated_is_the_default_under_three_teachers():
 
     replicated, default = PROFILES["replicated"], PROFILES["default"]
     assert replicated.teacher_seeds == (0, 1, 2) and replicated.seeds == (0, 1, 2)
-    same = replace(replicated, name="default", teacher_seeds=default.teacher_seeds)
+    # its grid has no quantization (its yaml says how to add the default's)
+    assert replicated.quantize_bits == () and default.quantize_bits
+    same = replace(
+        replicated,
+        name="default",
+        teacher_seeds=default.teacher_seeds,
+        quantize_bits=default.quantize_bits,
+        quantize_methods=default.quantize_methods,
+    )
     assert same == default
 
 

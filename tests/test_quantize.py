@@ -3,11 +3,16 @@ quantized checkpoints, and the int8 CPU network that reproduces an 8-bit one."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 
+import attrlib.stages as stages
+from attrlib.attribution import METHODS, attribute
+from attrlib.config import EvalConfig, QuantizeConfig, TeacherConfig
 from attrlib.distill import attribution_maps, swa_map_full_backward
 from attrlib.engine import load_model, make_checkpoint
 from attrlib.io import save_torch_atomic
@@ -30,8 +35,9 @@ def images(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def quantized_vgg(bits: int = 8, seed: int = 0) -> nn.Module:
-    model = quantize_(random_vgg(NUM_CLASSES, SIZE, seed), QuantSpec(weight_bits=bits))
+def quantized_vgg(bits: int = 8, seed: int = 0, edge_bits: int | None = 8) -> nn.Module:
+    spec = QuantSpec(weight_bits=bits, edge_bits=edge_bits)
+    model = quantize_(random_vgg(NUM_CLASSES, SIZE, seed), spec)
     return calibrate_(model, [images(8, seed=10), images(8, seed=11)])
 
 
@@ -110,7 +116,7 @@ def test_a_quantized_checkpoint_rebuilds_the_same_network(tmp_path):
     path = tmp_path / "best.pt"
     save_torch_atomic(path, make_checkpoint(model, tuple(f"c{i}" for i in range(NUM_CLASSES))))
     loaded, ckpt = load_model(path)
-    assert ckpt["quantization"] == {"weight_bits": 4, "act_bits": 8}
+    assert ckpt["quantization"] == {"weight_bits": 4, "act_bits": 8, "edge_bits": 8}
     assert quantization_of(loaded) == QuantSpec(4, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
@@ -149,6 +155,8 @@ def test_bad_specs_and_double_quantization_are_refused():
         QuantSpec(weight_bits=1)
     with pytest.raises(ValueError, match="act_bits must be in 2..8, got 16"):
         QuantSpec(act_bits=16)
+    with pytest.raises(ValueError, match="edge_bits must be in 2..8, got 9"):
+        QuantSpec(edge_bits=9)
     with pytest.raises(ValueError, match="unknown fields"):
         QuantSpec.from_dict({"weight_bits": 8, "bits": 8})
     with pytest.raises(ValueError, match="quantized already"):
@@ -157,11 +165,26 @@ def test_bad_specs_and_double_quantization_are_refused():
         calibrate_(random_vgg(NUM_CLASSES, SIZE, 0), [images(2)])
 
 
+def test_the_first_conv_and_the_last_linear_layer_keep_edge_bits():
+    def levels(module):  # distinct steps of the first output channel's weights
+        return len(torch.unique(module.weight[0].detach()))
+
+    edged = quantized_vgg(2)
+    assert edged.features[0].parametrizations.weight[0].bits == 8
+    assert edged.classifier[-1].parametrizations.weight[0].bits == 8
+    assert levels(edged.features[0]) > 3
+    for conv in edged.convs[1:]:
+        assert conv.parametrizations.weight[0].bits == 2 and levels(conv) <= 3
+    plain = quantized_vgg(2, edge_bits=None)
+    assert plain.features[0].parametrizations.weight[0].bits == 2
+    assert plain.classifier[-1].parametrizations.weight[0].bits == 2
+
+
 def test_weight_bytes_count_the_quantized_widths():
     float_model = random_vgg(NUM_CLASSES, SIZE, 0)
     n = sum(p.numel() for p in float_model.parameters())
     assert weight_bytes(float_model) == 4 * n
-    model = quantized_vgg(4)
+    model = quantized_vgg(4, edge_bits=None)
     weights = [
         m.parametrizations.weight.original
         for m in model.modules()
@@ -171,3 +194,101 @@ def test_weight_bytes_count_the_quantized_widths():
     bits = sum(w.numel() * 4 + w.shape[0] * 32 for w in weights) + 32 * rest
     assert weight_bytes(model) == (bits + 7) // 8
     assert weight_bytes(model) < 0.2 * weight_bytes(float_model)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@pytest.fixture(scope="module")
+def teacher(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    stages.train_teacher(
+        TeacherConfig(profile="smoke", data_root=str(synth_root), out_dir=str(out), device="cpu")
+    )
+    return out / "best.pt"
+
+
+def _quantize_config(synth_root, teacher, out, **fields) -> QuantizeConfig:
+    return QuantizeConfig(
+        profile="smoke",
+        data_root=str(synth_root),
+        model=str(teacher),
+        out_dir=str(out),
+        device="cpu",
+        **{"epochs": 2, **fields},
+    )
+
+
+def _history(out_dir):
+    history = json.loads((out_dir / "metrics.json").read_text())["history"]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_quantization_aware_fine_tuning_resumes_bit_identically(
+    synth_root, teacher, tmp_path, monkeypatch
+):
+    cfg = _quantize_config(synth_root, teacher, tmp_path / "full", bits=4, matching="swa")
+    model, _ = stages.quantize(cfg)
+    assert quantization_of(model) == QuantSpec(4, 8)
+    real_fit = stages.fit
+
+    def interrupted(*args, **kwargs):  # stops once the first epoch is saved
+        def stop(epoch, record):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch_end": stop})
+
+    cut = _quantize_config(synth_root, teacher, tmp_path / "cut", bits=4, matching="swa")
+    monkeypatch.setattr(stages, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stages.quantize(cut)
+    monkeypatch.setattr(stages, "fit", real_fit)
+    stopped = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert len(stopped["history"]) == 1 and stopped["finished"] is False
+    stages.quantize(cut)
+    assert _history(tmp_path / "cut") == _history(tmp_path / "full")
+    a = load_model(tmp_path / "full" / "best.pt")[1]["model_state"]
+    b = load_model(tmp_path / "cut" / "best.pt")[1]["model_state"]
+    assert any("activation_fake_quant" in k or "output_fake_quant" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_quantized_run_is_evaluated_by_every_attribution_method(synth_root, teacher, tmp_path):
+    cfg = _quantize_config(synth_root, teacher, tmp_path / "w8", epochs=1)
+    model, _ = stages.quantize(cfg)
+    summary = stages.evaluate_checkpoint(
+        EvalConfig(
+            profile="smoke",
+            data_root=str(synth_root),
+            checkpoint=str(tmp_path / "w8" / "best.pt"),
+            teacher=str(teacher),
+            device="cpu",
+            faith_pairs=0,
+        ),
+        progress=False,
+    )
+    assert "refused_methods" not in summary
+    assert summary["weight_bytes"] < 0.3 * 4 * summary["params"]
+    loaded = load_model(tmp_path / "w8" / "best.pt")[0].eval()
+    x = images(4)
+    for method in METHODS:  # every rule runs through the rounded network
+        maps = attribute(loaded, x, torch.arange(4) % NUM_CLASSES, method)
+        assert maps.shape == (4, SIZE, SIZE) and torch.isfinite(maps).all(), method
+    report = stages.quantized_deployment(cfg, model)
+    assert report["bytes_int8"] < 0.4 * report["bytes_float"]
+    assert abs(report["map_class_int8"] - report["map_class_fake_quantized"]) < 0.02
+    assert report["max_logit_gap_relative"] < 0.05
+    lower = _quantize_config(synth_root, teacher, tmp_path / "w4", epochs=1, bits=4)
+    assert stages.quantized_deployment(lower, model) is None
+
+
+def test_quantize_config_names_its_fields_and_its_run():
+    cfg = QuantizeConfig(profile="smoke", bits=4, matching="sswa", seed=2)
+    assert cfg.run_name() == "w4-sswa-s2"
+    assert cfg.recipe.epochs == 1  # the smoke profile's quantize recipe
+    with pytest.raises(ValueError, match="bits must be in 2..8, got 9"):
+        QuantizeConfig(profile="smoke", bits=9)
+    with pytest.raises(ValueError, match="calibration_batches must be >= 1"):
+        QuantizeConfig(profile="smoke", calibration_batches=0)

@@ -27,14 +27,16 @@ def test_the_light_constant_equals_the_library_one():
 
 
 def test_stages_are_registered_in_pipeline_order_with_their_settings():
-    assert STAGES.names() == ["teacher", "distill", "prune_oneshot", "prune_iterative"]
+    assert STAGES.names() == ["teacher", "distill", "prune_oneshot", "prune_iterative", "quantize"]
     settings = {s: STAGES.get(s).setting for s in STAGES}
     assert settings == {
         "teacher": None,
         "distill": "width_div",
         "prune_oneshot": "rate",
         "prune_iterative": "iteration",
+        "quantize": "bits",
     }
+    assert STAGES.get("quantize").label(4.0) == "4-bit"
     labels = [STAGES.get(s).label(v) for s, v in (("distill", 4.0), ("prune_oneshot", 0.7))]
     assert labels == ["x4", "rate 0.7"]
     assert STAGES.get("prune_iterative").label(8.0) == "iteration 8"
@@ -93,8 +95,16 @@ def test_makefile_grid_is_read_without_torch():
 def test_grid_stages_leave_out_a_stage_without_methods():
     from attrlib.study import grid_stages
 
-    assert grid_stages("smoke") == ["teacher", "distill", "prune_oneshot", "prune_iterative"]
-    assert grid_stages("smoke", "iterative_methods=[] oneshot_methods=[]") == ["teacher", "distill"]
+    every = ["teacher", "distill", "prune_oneshot", "prune_iterative", "quantize"]
+    assert grid_stages("smoke") == every
+    assert grid_stages("smoke", "iterative_methods=[] oneshot_methods=[]") == [
+        "teacher",
+        "distill",
+        "quantize",
+    ]
+    # quantization needs both its widths and its methods
+    assert grid_stages("smoke", "quantize_bits=[]") == every[:-1]
+    assert grid_stages("smoke", "quantize_methods=[]") == every[:-1]
 
 
 def test_make_renders_each_runs_name_and_parameters_from_its_config():

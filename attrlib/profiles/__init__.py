@@ -111,6 +111,12 @@ class Profile:
     # the teachers' family (attrlib.architectures); left out of the resolved profile while
     # it is the default, so runs made before the field do not count as made with another
     architecture: str = field(default="vgg16_bn", metadata={"omit_if_default": True})
+    # quantization-aware fine-tuning (attrlib.quantize): the weight widths of the grid and its
+    # method words; its recipe (None: prune_oneshot's). Left out of the resolved profile while
+    # empty, like `architecture`.
+    quantize_bits: tuple[int, ...] = field(default=(), metadata={"omit_if_default": True})
+    quantize_methods: tuple[str, ...] = field(default=(), metadata={"omit_if_default": True})
+    quantize: Recipe | None = field(default=None, metadata={"omit_if_default": True})
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
