@@ -306,11 +306,13 @@ $(PAPER_NB): notebooks/06_paper.ipynb $(EVAL_NBS)
 	$(call run_notebook,$<,$@,$(PROFILE_PARAMS) -p runs_dir $(RUNS) -p out_dir $(dir $@))
 	$(FOLD_TIMINGS)
 
-# Speed against the authors' constructions, same process; ratios in runs/bench/*.json
+# Speed against the authors' constructions, same process; ratios in runs/bench/*.json; the
+# int8 network against the float teacher (size, latency, mAP)
 bench: $(STAMP)  ## speed against the authors' constructions (ratios, runs/bench/)
 	$(PY) benchmarks/distill_step.py --profile $(PROFILE_NAME)
 	$(PY) benchmarks/evaluate.py --data-root $(DATA_ROOT) --checkpoint $(TEACHER_CKPT)
 	$(PY) benchmarks/distill_throughput.py --profile $(PROFILE_NAME) --data-root $(DATA_ROOT)
+	$(PY) benchmarks/quantize.py --profile $(PROFILE_NAME) --data-root $(DATA_ROOT) --checkpoint $(TEACHER_CKPT)
 
 # On a CUDA device: teacher AMP vs fp32, distill step and evaluation ratios (runs/bench/gpu.json)
 .PHONY: bench-gpu
