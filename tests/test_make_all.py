@@ -71,7 +71,8 @@ def test_make_all_smoke_on_two_processes_per_run(smoke_study, tmp_path):
     single = pd.read_csv(smoke_study.runs / "paper" / "all_runs.csv")
     assert sorted(ours["run"]) == sorted(single["run"])
     trained = sorted(runs.glob("**/last.pt"))
-    assert len(trained) == 1 + 2 + 2 + 2 * 2  # teacher, students, one-shot, iterations
+    # teacher, students, one-shot, iterations, quantized
+    assert len(trained) == 1 + 2 + 2 + 2 * 2 + 2
     for last in trained:
         assert torch.load(last, weights_only=True)["processes"] == 2, last
     # only rank 0's executed notebooks, and nothing half-written
@@ -126,7 +127,7 @@ def test_a_grid_without_iterative_pruning_still_gets_its_paper(smoke_study, tmp_
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     frame = pd.read_csv(runs / "paper" / "all_runs.csv")
-    assert set(frame["stage"]) == {"teacher", "distill", "prune_oneshot"}
+    assert set(frame["stage"]) == {"teacher", "distill", "prune_oneshot", "quantize"}
     assert (runs / "paper" / "effects.csv").is_file()
     assert not (runs / "paper" / "unstructured_auc.png").exists()
 
@@ -142,10 +143,10 @@ def test_make_all_smoke_on_the_resnet_family(smoke_study, tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     all_runs = pd.read_csv(runs / "paper" / "all_runs.csv")
-    assert len(all_runs) == 9 and not any(c.startswith(("lrp ", "rap ")) for c in all_runs)
+    assert len(all_runs) == 11 and not any(c.startswith(("lrp ", "rap ")) for c in all_runs)
     assert set(all_runs["refused_methods"]) == {"lrp rap"}
     assert "gradcam auc" in all_runs and all_runs["gradcam auc"].notna().all()
     summary = (runs / "paper" / "summary.md").read_text()
-    assert "Not evaluated: lrp (9 of 9 models), rap (9 of 9 models)" in summary
+    assert "Not evaluated: lrp (11 of 11 models), rap (11 of 11 models)" in summary
     for ckpt in ("teacher-s0/teacher/best.pt", "teacher-s0/prune_oneshot/p0.5-swa-s0/best.pt"):
         assert torch.load(runs / ckpt, weights_only=False)["architecture"] == "resnet"
