@@ -22,13 +22,15 @@ class Bars:
     student_map_ratio: float = 0.75  # of its teacher's class mAP
     student_pairs_ratio: float = 0.60  # of its teacher's scored (image, class) pairs
     dead_maps: float = 0.10  # last-epoch share of all-zero matching maps (SWA, EWA, ...)
+    int8_map_ratio: float = 0.95  # of its teacher's class mAP, an 8-bit quantized network
 
 
 def validity_table(frame: pd.DataFrame, bars: Bars = Bars()) -> pd.DataFrame:
     """One row per model of all_runs.csv (`frame`, with `teacher_seed`): the quantities the
     bars look at and `failed`, the bars it misses ("" when it clears them all). Students are
     the distilled networks; pruned networks keep only the dead-maps bar (pruning to 97 %
-    sparsity is meant to cost accuracy)."""
+    sparsity is meant to cost accuracy); 8-bit quantized networks keep nearly all of their
+    teacher's mAP (lower widths are in the grid to lose some)."""
     teachers = frame[frame["stage"] == "teacher"].set_index("teacher_seed")
     rows = []
     for _, m in frame.iterrows():
@@ -53,6 +55,8 @@ def validity_table(frame: pd.DataFrame, bars: Bars = Bars()) -> pd.DataFrame:
                 failed.append(
                     f"pairs {pairs_ratio:.2f} of its teacher's < {bars.student_pairs_ratio}"
                 )
+            if m["stage"] == "quantize" and m.get("bits") == 8 and map_ratio < bars.int8_map_ratio:
+                failed.append(f"mAP {map_ratio:.2f} of its teacher's < {bars.int8_map_ratio}")
         if m.get("dead_maps", np.nan) > bars.dead_maps:
             failed.append(f"dead matching maps {m['dead_maps']:.3f} > {bars.dead_maps}")
         rows.append(
