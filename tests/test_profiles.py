@@ -349,6 +349,7 @@ def test_replicated_is_the_default_under_three_teachers():
         teacher_seeds=default.teacher_seeds,
         quantize_bits=default.quantize_bits,
         quantize_methods=default.quantize_methods,
+        quantize=default.quantize,
     )
     assert same == default
 
