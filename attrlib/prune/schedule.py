@@ -5,6 +5,8 @@ The loop over iterations and fine-tuning lives with the stages (`attrlib.stages`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 SPEC_FIRST_CONVS = 1  # the paper prunes the first conv ...
@@ -36,18 +38,27 @@ def spec_rates(model: nn.Module, p: float) -> dict[str, float]:
     return {name: (float(p) if name in pruned else 0.0) for name in names}
 
 
-def resolve_rates(model: nn.Module, rates: dict[str, float] | float) -> dict[str, float]:
-    """Per-conv rates from a float (`spec_rates`) or a partial dict (missing convs: 0).
+def resolve_rates(
+    model: nn.Module,
+    rates: dict[str, float] | float,
+    names: list[str] | None = None,
+    schedule: Callable[[float], dict[str, float]] | None = None,
+    unknown_hint: str = "unknown conv layer(s)",
+) -> dict[str, float]:
+    """Per-conv rates over the prunable convs `names` (default: every conv) from a float
+    (`schedule(p)`, default `spec_rates`) or a partial dict (missing convs: 0).
 
     Raises:
-        ValueError: a rate outside [0, 1) (names the layer) or an unknown conv name.
+        ValueError: a rate outside [0, 1) (names the layer) or a name not in `names`
+            (`unknown_hint`, then the names).
     """
+    names = conv_names(model) if names is None else names
     if isinstance(rates, (int, float)) and not isinstance(rates, bool):
-        return spec_rates(model, float(rates))
-    names = conv_names(model)
+        check_rate(rates)
+        return (schedule or (lambda p: spec_rates(model, p)))(float(rates))
     unknown = sorted(set(rates) - set(names))
     if unknown:
-        raise ValueError(f"unknown conv layer(s) {unknown}; valid names: {', '.join(names)}")
+        raise ValueError(f"{unknown_hint} {unknown}; valid names: {', '.join(names)}")
     for name, rate in rates.items():
         check_rate(rate, layer=name)
     return {name: float(rates.get(name, 0.0)) for name in names}

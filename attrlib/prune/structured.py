@@ -158,16 +158,13 @@ def _prune_resnet_blocks(
     """`structured_prune` of a ResNet: a float rate prunes every block's inner width; a
     dict names blocks' first convs (`block_conv_names`, missing ones: 0)."""
     names = block_conv_names(model)
-    if isinstance(rates, (int, float)) and not isinstance(rates, bool):
-        rates = dict.fromkeys(names, float(rates))
-    unknown = sorted(set(rates) - set(names))
-    if unknown:
-        raise ValueError(
-            f"a resnet prunes the first conv of each block only; unknown or tied conv(s) "
-            f"{unknown}; valid names: {', '.join(names)}"
-        )
-    for name, rate in rates.items():
-        check_rate(rate, layer=name)
+    rates = resolve_rates(
+        model,
+        rates,
+        names,
+        schedule=lambda p: dict.fromkeys(names, p),
+        unknown_hint="a resnet prunes the first conv of each block only; unknown or tied conv(s)",
+    )
     lookup(STRUCTURED_CRITERIA, criterion)  # fail before any work
     blocks = [block for stage in model.stages for block in stage]
     keeps = [
