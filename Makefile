@@ -267,7 +267,7 @@ distill: $(DISTILL_NBS)  ## every distillation run of the grid (notebook 02)
 prune: prune-oneshot prune-iterative  ## both pruning stages
 prune-oneshot: $(ONESHOT_NBS)  ## every one-shot structured pruning run (notebook 03)
 prune-iterative: $(ITERATIVE_NBS)  ## every iterative unstructured pruning schedule (notebook 04)
-quantize: $(QUANTIZE_NBS)  ## every quantization-aware fine-tuning run (notebook 07)
+quantize: $(QUANTIZE_NBS)  ## every quantization-aware fine-tuning run (notebook 04b)
 evaluate: $(EVAL_NBS)  ## accuracy and localization of every model (notebook 05)
 
 # Every finished model of a teacher's folder: the teacher, students, pruned networks,

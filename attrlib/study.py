@@ -84,7 +84,7 @@ for _stage in (
     ),
     Stage(
         QuantizeConfig.stage,
-        "07_quantize",
+        "04b_quantize",
         QuantizeConfig,
         "quantize",
         setting="bits",

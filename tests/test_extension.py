@@ -44,6 +44,7 @@ def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypat
             {"model": teacher, "rate": 0.5, "criterion": "l2"},
         ),
         ("04_prune_iterative", "prune_iterative/naive-s0", {"model": teacher}),
+        ("04b_quantize", "quantize/w8-gxf-s0", {"model": teacher, "matching": "gxf"}),
     ):
         _execute(name, runs / out, out_dir=str(runs / out), **params, **common, **plugins)
     assert (
@@ -71,6 +72,8 @@ def test_a_plugin_runs_through_the_study_by_parameters_alone(tmp_path, monkeypat
     distillation = (paper / "table_distillation.md").read_text()
     assert "gradient_x_input auc" in distillation and "| KD+GxF " in distillation
     assert "naive (l2)" in (paper / "table_structured.md").read_text()
+    # the plugin's matching word quantizes too
+    assert "GxF" in set(frame.loc[frame["stage"] == "quantize", "method"])
     assert "gradient_x_input" in (paper / "summary.md").read_text()
     # the plugin's faithfulness metric, scored for every method (a plugin method's too)
     assert {"gradcam grey_fill", "gradient_x_input grey_fill", "gradcam deletion"} <= set(frame)

@@ -33,7 +33,7 @@ CONFIGS = {
     "04_prune_iterative": (PruneIterativeConfig, {}),
     "05_evaluate": (EvalConfig, {"checkpoint": "checkpoints"}),
     "06_paper": (None, {}),
-    "07_quantize": (QuantizeConfig, {}),
+    "04b_quantize": (QuantizeConfig, {}),
 }
 
 
@@ -44,7 +44,7 @@ NOTEBOOK_ONLY = {
     "02_distill": {"plugins"},
     "03_prune_oneshot": {"plugins"},
     "04_prune_iterative": {"plugins"},
-    "07_quantize": {"plugins"},
+    "04b_quantize": {"plugins"},
     "05_evaluate": {"out_dir", "runs_dir", "grid_models", "plugins"},
 }
 # Defaults a notebook resolves itself (attrlib.study.evaluation_inputs): 05 evaluates every
@@ -195,7 +195,7 @@ def test_every_notebook_runs_on_smoke(smoke_data, tmp_path):
 
     quantized = runs / "quantize" / "w8-swa-s0"
     _execute(
-        "07_quantize",
+        "04b_quantize",
         quantized,
         out_dir=str(quantized),
         model=str(teacher),
