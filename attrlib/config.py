@@ -469,7 +469,7 @@ class QuantizeConfig(_FineTuneConfig):
     calibration_batches: int = 8  # training batches that set the activation ranges
 
     def _base_recipe(self, prof: Profile) -> Recipe:
-        return prof.quantize or prof.prune_oneshot
+        return prof.quantize_recipe
 
     RUN_NAME: ClassVar[str] = "w{bits}-{method}-s{seed}"
 

@@ -48,6 +48,7 @@ from torch.ao.quantization import (
 )
 from torch.nn.utils import parametrize
 
+from attrlib.masks import effective_parameters
 from attrlib.models import eval_mode
 
 WEIGHT_BITS = range(2, 9)  # 2 (ternary) .. 8
@@ -86,6 +87,20 @@ class QuantSpec:
         return cls(**values)
 
 
+def _narrow_symmetric(bits: int) -> dict:
+    """Per-output-channel observer settings of a `bits`-bit weight on the narrow symmetric
+    grid [-q, q], q = 2^(bits-1) - 1: the fake quantizer's and the int8 conversion's, so
+    that re-observing a rounded weight gives back its own integers."""
+    q = 2 ** (bits - 1) - 1
+    return {
+        "ch_axis": 0,
+        "dtype": torch.qint8,
+        "qscheme": torch.per_channel_symmetric,
+        "quant_min": -q,
+        "quant_max": q,
+    }
+
+
 class WeightFakeQuant(nn.Module):
     """Parametrization: a weight rounded per output channel to its own current range, on
     the narrow symmetric grid [-q, q], q = 2^(bits-1) - 1."""
@@ -93,14 +108,7 @@ class WeightFakeQuant(nn.Module):
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = bits
-        self.quant_min, self.quant_max = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
-        self.observer = PerChannelMinMaxObserver(
-            ch_axis=0,
-            dtype=torch.qint8,
-            qscheme=torch.per_channel_symmetric,
-            quant_min=self.quant_min,
-            quant_max=self.quant_max,
-        )
+        self.observer = PerChannelMinMaxObserver(**_narrow_symmetric(bits))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # the scale follows the weights as they train: observed afresh on every call
@@ -112,8 +120,8 @@ class WeightFakeQuant(nn.Module):
             scale.to(weight.device, weight.dtype),
             zero_point.to(weight.device, torch.int32),
             0,
-            self.quant_min,
-            self.quant_max,
+            self.observer.quant_min,
+            self.observer.quant_max,
         )
 
 
@@ -212,15 +220,12 @@ def weight_bytes(model: nn.Module) -> int:
     rounded weight at its layer's bits (plus one float32 scale per output channel),
     everything else (biases, batch norm) as float32."""
     total_bits = 0
-    for module in model.modules():
-        if isinstance(module, parametrize.ParametrizationList):
-            continue  # counted with the module it parametrizes
-        for p in module.parameters(recurse=False):
-            total_bits += p.numel() * 32
-        if parametrize.is_parametrized(module, "weight"):
-            weight = module.parametrizations.weight
-            rows = weight.original.shape[0]
-            total_bits += weight.original.numel() * weight[0].bits + rows * 32
+    for module, name, tensor in effective_parameters(model):
+        if parametrize.is_parametrized(module, name):
+            bits = getattr(module.parametrizations, name)[0].bits
+            total_bits += tensor.numel() * bits + tensor.shape[0] * 32
+        else:
+            total_bits += tensor.numel() * 32
     return (total_bits + 7) // 8
 
 
@@ -249,6 +254,19 @@ def _fixed(fq: FakeQuantize):
     )
 
 
+def int8_refusal(spec: QuantSpec | None, family: str) -> str | None:
+    """Why a network of `family` quantized as `spec` has no int8 CPU network here
+    (`to_int8`), or None when it has one: an 8-bit VGG (every layer and the activations)."""
+    if spec is None or (spec.weight_bits, spec.act_bits, spec.bits_of(True)) != (8, 8, 8):
+        return f"to_int8 needs an 8-bit quantized network, got {spec}"
+    if family != "vgg16_bn":
+        return (
+            f"to_int8 converts the vgg16_bn family only, not {family} (its residual additions "
+            "need quantized adds); evaluate it fake-quantized"
+        )
+    return None
+
+
 def to_int8(model: nn.Module, engine: str = "x86") -> Int8VGG:
     """The int8 CPU network of an 8-bit fake-quantized VGG (`quantize_`, calibrated).
 
@@ -258,14 +276,9 @@ def to_int8(model: nn.Module, engine: str = "x86") -> Int8VGG:
     """
     from torch.ao.quantization import convert, fuse_modules, prepare
 
-    spec = quantization_of(model)
-    if spec is None or (spec.weight_bits, spec.act_bits, spec.bits_of(True)) != (8, 8, 8):
-        raise ValueError(f"to_int8 needs an 8-bit quantized network, got {spec}")
-    if getattr(model, "architecture", None) != "vgg16_bn":
-        raise ValueError(
-            f"to_int8 converts the vgg16_bn family only, not {getattr(model, 'architecture', '?')}"
-            " (its residual additions need quantized adds); evaluate it fake-quantized"
-        )
+    refusal = int8_refusal(quantization_of(model), getattr(model, "architecture", "?"))
+    if refusal:
+        raise ValueError(refusal)
     first_input = model.features[0].input_fake_quant
     relu_scales = {
         i: module.output_fake_quant
@@ -282,13 +295,7 @@ def to_int8(model: nn.Module, engine: str = "x86") -> Int8VGG:
                 raise ValueError(f"to_int8: features.{i} is not followed by BatchNorm2d + ReLU")
             groups.append([str(i), str(i + 1), str(i + 2)])
     fused = fuse_modules(features, groups)  # conv + BN + ReLU -> one ConvReLU2d, eval mode
-    weight_observer = PerChannelMinMaxObserver.with_args(
-        ch_axis=0,
-        dtype=torch.qint8,
-        qscheme=torch.per_channel_symmetric,
-        quant_min=-127,
-        quant_max=127,
-    )
+    weight_observer = PerChannelMinMaxObserver.with_args(**_narrow_symmetric(8))
     for i, relu_fq in relu_scales.items():
         fused[i - 2].qconfig = QConfig(activation=_fixed(relu_fq), weight=weight_observer)
     stubbed = nn.Sequential(QuantStub(), fused, DeQuantStub())
@@ -361,7 +368,8 @@ def deployment_report(
 ) -> dict:
     """The int8 network of an 8-bit fake-quantized VGG against it and the float network, in
     this process, on the CPU: stored bytes, seconds per batch of `batch_size` images, class
-    mAP on `dataset`, and how far the int8 logits are from the fake-quantized ones."""
+    mAP on `dataset`, and how far the int8 logits are from the fake-quantized ones. Both
+    networks are moved to the CPU."""
     from attrlib.predict import predict, prediction_metrics
 
     cpu = torch.device("cpu")

@@ -40,7 +40,7 @@ from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.masks import permanent_copy
 from attrlib.prune import global_prune_, remaining_fraction, structured_prune
-from attrlib.quantize import calibrate_, deployment_report, quantize_
+from attrlib.quantize import calibrate_, deployment_report, int8_refusal, quantize_
 from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profile_kinds
 from attrlib.views import TrainViews, ViewSpec
 
@@ -230,10 +230,7 @@ def quantized_deployment(cfg: QuantizeConfig, model: nn.Module) -> dict | None:
     """For an 8-bit VGG run: its int8 CPU network against the fake-quantized one and the
     float network it started from (attrlib.quantize.deployment_report, on the validation
     set); None where no int8 network exists (lower widths, other families)."""
-    spec = cfg.spec()
-    if (spec.weight_bits, spec.act_bits, spec.bits_of(True)) != (8, 8, 8):
-        return None
-    if model.architecture != "vgg16_bn":
+    if int8_refusal(cfg.spec(), model.architecture):
         return None
     float_model, classes = load_reference(cfg.model, cfg.data_root, torch.device("cpu"))
     val = VOCClassification(cfg.data_root, "val", classes, eval_transform(model.config.input_size))

@@ -194,5 +194,5 @@ def profile_epochs(profile) -> int:
         profile.distill.epochs,
         profile.prune_oneshot.epochs,
         profile.iterative_steps * profile.prune_iterative.epochs,
-        (profile.quantize or profile.prune_oneshot).epochs,
+        profile.quantize_recipe.epochs,
     )

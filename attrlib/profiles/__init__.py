@@ -118,6 +118,11 @@ class Profile:
     quantize_methods: tuple[str, ...] = field(default=(), metadata={"omit_if_default": True})
     quantize: Recipe | None = field(default=None, metadata={"omit_if_default": True})
 
+    @property
+    def quantize_recipe(self) -> Recipe:
+        """Quantization's recipe: `quantize`, or the one-shot fine-tune's when that is null."""
+        return self.quantize or self.prune_oneshot
+
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
