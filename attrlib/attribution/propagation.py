@@ -24,9 +24,8 @@ def sequential_refusal(model: nn.Module) -> str | None:
         return None
     family = getattr(model, "architecture", type(model).__name__)
     return (
-        f"layer-by-layer relevance propagation (LRP, RAP) walks a sequential network "
-        f"(features, classifier: vgg16_bn); a {family} network has residual sums it "
-        "would not follow"
+        f"its layer-by-layer rules walk a sequential network (features, classifier: "
+        f"vgg16_bn); a {family} network has residual sums they would not follow"
     )
 
 
