@@ -11,8 +11,8 @@ An entry of `ARCHITECTURES` is an `nn.Module` class exposing what the stages use
   matching_layer)` -> (feature, logits);
 - `convs` (iterative pruning masks them) and `load_pretrained_(weights)` (a torchvision
   state dict).
-Layer-by-layer rules (LRP: vgg16_bn and resnet; RAP: vgg16_bn) and structured pruning need
-more of a network's structure; they say by name which families they support. A plugin registers a family of its own with
+Layer-by-layer rules (LRP, RAP: sequential networks and BasicBlock ResNets) and structured
+pruning need more of a network's structure; they say by name which families they support. A plugin registers a family of its own with
 `register_architecture("name")` on its class.
 """
 

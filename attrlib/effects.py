@@ -287,7 +287,7 @@ def figure_rows(effects: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
 
 def refused_text(frame: pd.DataFrame) -> str:
     """A line for summary.md naming the attribution methods some models were not evaluated
-    by (their rules cannot follow the network, e.g. RAP on a ResNet), or ""."""
+    by (their rules cannot follow the network, e.g. LRP on a family its rules cannot walk), or ""."""
     if "refused_methods" not in frame:
         return ""
     names = frame["refused_methods"].dropna().str.split().explode()

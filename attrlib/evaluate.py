@@ -230,7 +230,7 @@ def evaluate_model(
     device = torch.device(device)
     model = permanent_copy(model).to(device)
     methods = METHODS.names() if methods is None else list(methods)
-    # a method whose rules cannot follow this network's family (RAP on a ResNet) is
+    # a method whose rules cannot follow this network's family (LRP / RAP on a family they cannot walk) is
     # left out and named in the summary, instead of drawing a wrong map
     refused = {m: why for m in methods if (why := refusal(model, m))}
     methods = [m for m in methods if m not in refused]
@@ -304,7 +304,7 @@ def image_maps(
                 0
             ].cpu()
             for method in methods
-            if refusal(model, method) is None  # RAP has no map of a ResNet
+            if refusal(model, method) is None  # a refusing method draws no map
         }
         for name, model in models.items()
     }

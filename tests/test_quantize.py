@@ -292,3 +292,25 @@ def test_quantize_config_names_its_fields_and_its_run():
         QuantizeConfig(profile="smoke", bits=9)
     with pytest.raises(ValueError, match="calibration_batches must be >= 1"):
         QuantizeConfig(profile="smoke", calibration_batches=0)
+
+
+def test_the_residual_walk_reads_a_quantized_resnets_rounded_activations():
+    """LRP and RAP walk a ResNet from one recorded forward (propagation.record_residual):
+    on a quantized network it must be the quantized forward, not the float one."""
+    from attrlib.attribution.propagation import record_residual
+
+    spec = QuantSpec(weight_bits=3, act_bits=3, edge_bits=3)
+    model = random_resnet(NUM_CLASSES, SIZE, 0).eval()
+    x = images(3)
+    with torch.no_grad():
+        float_logits = model(x)
+    model = calibrate_(quantize_(model, spec), [images(8, seed=10)]).eval()
+    record = record_residual(model, x)
+    with torch.no_grad():
+        assert torch.equal(record.features, model.forward_features(x))
+        logits = model(x)
+        assert torch.equal(model.fc(record.pooled), logits)
+    assert (logits - float_logits).abs().max() > 0.05  # the rounding moved the logits
+    for method in ("lrp", "rap"):
+        maps = attribute(model, x, torch.tensor([0, 2, 4]), method)
+        assert maps.shape == (3, SIZE, SIZE) and torch.isfinite(maps).all()

@@ -387,3 +387,150 @@ def test_runs_on_the_input_device():
     maps = rap(model.cuda(), images.cuda(), classes.cuda())
     assert maps.device.type == "cuda"
     torch.testing.assert_close(maps.cpu(), expected, rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------- through a BasicBlock ResNet
+
+
+def _tiny_resnet(seed: int = 0) -> nn.Module:
+    """A BasicBlock ResNet (two blocks in its first stage, a downsample in the others), 32 px,
+    5 classes, with negative batch-norm scales among its random statistics."""
+    from attrlib.resnet import ResNetConfig, ResNetVOC
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(blocks=(2, 1, 1, 1), widths=(4, 8, 8, 12), num_classes=5, input_size=32)
+    model = ResNetVOC(config)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.3)
+        model.fc.weight.normal_(0.0, 0.3)
+        model.fc.bias.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def _official_divide(a, b):
+    return a / (b + b.eq(0).to(b.dtype) * 1e-9) * b.ne(0).to(b.dtype)
+
+
+def _grad(z, x, s):
+    return torch.autograd.grad(z, x, s, retain_graph=True)[0]
+
+
+def _official_simple(fn, inputs, rel):
+    """`RelPropSimple.RAP_relprop` (sums, average and max pooling): x_i * d z / d x_i * R / z,
+    the gradient taken at the first input for every input, as the official code does."""
+    xs = [t.detach().clone().requires_grad_() for t in inputs]
+    z = fn(*xs)
+    c = _grad(z, xs[0], _official_divide(rel, z))
+    return [x.detach() * c for x in xs]
+
+
+def _official_hidden_conv(conv, x, rel):
+    """The official hidden `Conv2d.RAP_relprop` term by term: four gradients per input sign
+    (`pos_prop`), then `shift_rel`; any stride."""
+
+    def c(inp, weight):
+        return torch.nn.functional.conv2d(inp, weight, None, conv.stride, conv.padding)
+
+    w = conv.weight.detach()
+    pw, nw = w.clamp(min=0), w.clamp(max=0)
+    keep = rel.ne(0).to(rel.dtype)
+    dims = (1, 2, 3)
+
+    def branch(za1, za2, x1):
+        rp, rn, tot = rel.clamp(min=0), rel.clamp(max=0), za1 + za2
+        c1 = x1 * _grad(za1, x1, _official_divide(rp * _official_divide(tot, tot), za1))
+        c1n = x1 * _grad(za2, x1, _official_divide(rn * _official_divide(tot, tot), za2))
+        c2 = x1 * _grad(za2, x1, _official_divide(rp * _official_divide(za2, tot), za2))
+        c2n = x1 * _grad(za2, x1, _official_divide(rn * _official_divide(za2, tot), za2))
+        out = c1 + c2 + c2n + c1n
+        excess = out.sum(dims, keepdim=True) - rel.sum(dims, keepdim=True)
+        carrying = out.ne(0).to(out.dtype)
+        return out - _official_divide(excess, carrying.sum(dims, keepdim=True)) * carrying
+
+    px = x.detach().clamp(min=0).requires_grad_()
+    nx = x.detach().clamp(max=0).requires_grad_()
+    pos = branch(c(px, pw) * keep, -c(px, nw) * keep, px)
+    neg = branch(-c(nx, pw) * keep, c(nx, nw) * keep, nx)
+    return (pos + neg).detach()
+
+
+def _official_input_conv(conv, x, rel):
+    """The official `final_backward` (z^B with the image's own min and max), any stride."""
+
+    def c(inp, weight):
+        return torch.nn.functional.conv2d(inp, weight, None, conv.stride, conv.padding)
+
+    w = conv.weight.detach()
+    pw, nw = w.clamp(min=0), w.clamp(max=0)
+    low = x * 0 + x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x * 0 + x.amax(dim=(1, 2, 3), keepdim=True)
+    s = _official_divide(rel, c(x, w) - c(low, pw) - c(high, nw))
+    probe = torch.zeros_like(x, requires_grad=True)
+    back = [_grad(c(probe, weight), probe, s) for weight in (w, pw, nw)]
+    return x * back[0] - low * back[1] - high * back[2]
+
+
+def _official_resnet_rap(model, images, classes):
+    """The authors' `ResNet.RAP_relprop` / `BasicBlock.RAP_relprop` walk, each layer by its
+    official formula; the block's fork adds its branches (their Bottleneck's `x1 + x`)."""
+    with torch.no_grad():
+        stem_conv = model.conv1(images)
+        stem = model.relu(model.bn1(stem_conv))
+        x = model.maxpool(stem)
+        records = []
+        for block in (b for stage in model.stages for b in stage):
+            c1 = block.conv1(x)
+            inner = block.relu1(block.bn1(c1))
+            c2 = block.conv2(inner)
+            main = block.bn2(c2)
+            dc = block.downsample[0](x) if block.downsample is not None else None
+            short = block.downsample[1](dc) if dc is not None else x
+            records.append((block, x, c1, inner, c2, main, dc, short))
+            x = block.relu2(main + short)
+        pooled = model.avgpool(x)  # (B, C, 1, 1)
+    fc = model.fc
+    top = [
+        _naive_top_linear(p.numpy(), fc.weight.detach().numpy(), fc.bias.detach().numpy(), int(k))
+        for p, k in zip(pooled.flatten(1), classes, strict=True)
+    ]
+    rel = torch.from_numpy(np.stack(top)).reshape_as(pooled)
+    (rel,) = _official_simple(model.avgpool, [x], rel)
+    for block, x_in, c1, inner, c2, main, dc, short in reversed(records):
+        r_main, r_short = _official_simple(torch.add, [main, short], rel)
+        if dc is not None:
+            r_short = _official_batchnorm_literal(block.downsample[1], dc, r_short)
+            r_short = _official_hidden_conv(block.downsample[0], x_in, r_short)
+        r = _official_batchnorm_literal(block.bn2, c2, r_main)
+        r = _official_hidden_conv(block.conv2, inner, r)
+        r = _official_batchnorm_literal(block.bn1, c1, r)
+        rel = _official_hidden_conv(block.conv1, x_in, r) + r_short
+    (rel,) = _official_simple(model.maxpool, [stem], rel)
+    rel = _official_batchnorm_literal(model.bn1, stem_conv, rel)
+    return _official_input_conv(model.conv1, images, rel).sum(1).detach()
+
+
+def test_resnet_maps_equal_the_official_walk_layer_formula_by_formula():
+    model = _tiny_resnet(0).double()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64)
+    classes = torch.tensor([0, 2, 4])
+    expected = _official_resnet_rap(model, images, classes)
+    got = attribute(model, images, classes, "rap")
+    assert (got > 0).any() and (got < 0).any()
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12 * expected.abs().max())
+
+
+def test_resnet_maps_sum_to_the_target_logit_and_batch_like_single_images():
+    model = _tiny_resnet(1).double()
+    images = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    classes = torch.tensor([0, 1, 2, 4])
+    maps = attribute(model, images, classes, "rap")
+    logits = model(images).gather(1, classes[:, None])[:, 0].detach()
+    torch.testing.assert_close(maps.sum((1, 2)), logits, rtol=1e-9, atol=1e-9)
+    single = torch.cat([rap(model, images[i : i + 1], classes[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(maps, single, rtol=1e-9, atol=1e-12)

@@ -216,7 +216,7 @@ def test_lrp_equals_zennit_with_its_resnet_canonizer_on_torchvisions_resnets(blo
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12 * expected.abs().max())
 
 
-def test_lrp_on_a_resnet_conserves_relevance_and_rap_refuses_it_by_name():
+def test_lrp_on_a_resnet_conserves_relevance():
     model = random_resnet(NUM_CLASSES, SIZE, seed=0).eval()
     images, classes = batch(2)
     maps = attribute(model, images, classes, "lrp")
@@ -224,8 +224,28 @@ def test_lrp_on_a_resnet_conserves_relevance_and_rap_refuses_it_by_name():
     # no biases in the rules: what leaves the classifier reaches the image (up to the
     # stabilizers and relevance stranded where every contribution is zero)
     assert ((maps.sum((1, 2)) - 1).abs() < 0.05).all()
-    with pytest.raises(NotImplementedError, match="a resnet network has residual sums"):
-        attribute(model, images, classes, "rap")
+
+
+class _Branchy(nn.Module):
+    """A family the layer-by-layer rules cannot walk: neither features + classifier nor a
+    BasicBlock ResNet."""
+
+    architecture = "branchy"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, NUM_CLASSES)
+
+    def forward(self, x):
+        return self.fc((self.left(x) * self.right(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["lrp", "rap"])
+def test_layer_by_layer_rules_refuse_a_family_they_cannot_walk_by_name(method):
+    images, classes = batch(1)
+    with pytest.raises(NotImplementedError, match=f"{method}: .*a branchy network"):
+        attribute(_Branchy().eval(), images, classes, method)
 
 
 def test_head_only_swa_equals_the_full_second_backward():
@@ -386,7 +406,11 @@ def test_one_shot_pruning_of_a_resnet_teacher_through_the_stage(
 # ---------------------------------------------------------------- evaluation of a ResNet
 
 
-def test_evaluation_leaves_out_and_names_the_methods_a_resnet_refuses(synth_root, resnet_teacher):
+def test_evaluation_leaves_out_and_names_the_methods_a_resnet_refuses(
+    synth_root, resnet_teacher, monkeypatch
+):
+    """Every registered method draws a ResNet's maps; a method that declares it cannot (here
+    RAP, made to refuse) is left out of every table and named in the summary."""
     from attrlib.data import VOCClassification, VOCLocalization, eval_transform, load_classes
     from attrlib.evaluate import evaluate_model, image_maps
     from attrlib.faithfulness import Faithfulness
@@ -395,6 +419,9 @@ def test_evaluation_leaves_out_and_names_the_methods_a_resnet_refuses(synth_root
     model, _ = load_model(resnet_teacher / "best.pt", classes=classes)
     with torch.no_grad():
         model.fc.bias += 10.0  # every class predicted: every ground-truth pair is scored
+    monkeypatch.setattr(
+        METHODS.get("rap"), "refuses", lambda m: "a resnet network has residual sums (test)"
+    )
     val = VOCClassification(synth_root, "val", classes, transform=eval_transform(32))
     loc = VOCLocalization(synth_root, "val", classes, size=32)
     summary, table, faith = evaluate_model(

@@ -19,7 +19,6 @@ from torch import nn
 
 from attrlib.attribution import propagation
 from attrlib.attribution.base import METHODS
-from attrlib.models import eval_mode
 
 STABILIZER = 1e-6  # added to each (non-negative) denominator, zennit's default
 
@@ -97,42 +96,24 @@ def _lrp_residual(model: nn.Module, images: torch.Tensor, classes: torch.Tensor)
     classifier, the residual sum split in proportion to its two summands, global average
     pooling likewise in proportion to its inputs, max-pool winner takes all, ReLU passes.
     """
-    with eval_mode(model), torch.no_grad():
-        stem_in = images
-        stem_out = model.relu(model.bn1(model.conv1(stem_in)))  # (B, C0, H/2, W/2)
-        x, winners = propagation.maxpool(model.maxpool, stem_out)
-        records = []  # per block: its input, conv2's input, both summands
-        for block in (b for stage in model.stages for b in stage):
-            inner = block.relu1(block.bn1(block.conv1(x)))  # (B, C', h, w)
-            main = block.bn2(block.conv2(inner))  # (B, C, h, w)
-            shortcut = x if block.downsample is None else block.downsample(x)
-            records.append((block, x, inner, main, shortcut))
-            x = block.relu2(main + shortcut)
-        pooled = torch.flatten(model.avgpool(x), 1)  # (B, C)
-        relevance = _relprop_linear(model.fc, pooled, classes)  # (B, C)
-        # average pooling: each position's share of its channel's mean
-        relevance = x * (relevance / _stabilized(pooled))[:, :, None, None] / x[0, 0].numel()
-        for block, x_in, inner, main, shortcut in reversed(records):
-            r_main, r_short = _relprop_sum([main, shortcut], relevance)
-            r_inner = _relprop_conv(
-                block.conv2, _merged_weight(block.conv2, block.bn2), inner, r_main
-            )
-            r_in = _relprop_conv(block.conv1, _merged_weight(block.conv1, block.bn1), x_in, r_inner)
-            if block.downsample is not None:
-                conv, bn = block.downsample
-                r_short = _relprop_conv(conv, _merged_weight(conv, bn), x_in, r_short)
-            relevance = r_in + r_short  # (B, C_in, h, w)
-        relevance = propagation.unpool(model.maxpool, stem_out, relevance, winners)
-        return _relprop_conv(
-            model.conv1, _merged_weight(model.conv1, model.bn1), stem_in, relevance
+    rec = propagation.record_residual(model, images)
+    x = rec.features  # (B, C, h, w)
+    relevance = _relprop_linear(model.fc, rec.pooled, classes)  # (B, C)
+    # average pooling: each position's share of its channel's mean
+    relevance = x * (relevance / _stabilized(rec.pooled))[:, :, None, None] / x[0, 0].numel()
+    for b in reversed(rec.blocks):
+        block = b.block
+        r_main, r_short = _relprop_sum([b.main, b.shortcut], relevance)
+        r_inner = _relprop_conv(
+            block.conv2, _merged_weight(block.conv2, block.bn2), b.inner, r_main
         )
-
-
-def residual_refusal(model: nn.Module) -> str | None:
-    """LRP walks sequential networks (propagation.sequential_refusal) and BasicBlock ResNets."""
-    if getattr(model, "architecture", None) == "resnet":
-        return None
-    return propagation.sequential_refusal(model)
+        r_in = _relprop_conv(block.conv1, _merged_weight(block.conv1, block.bn1), b.x, r_inner)
+        if block.downsample is not None:
+            conv, bn = block.downsample
+            r_short = _relprop_conv(conv, _merged_weight(conv, bn), b.x, r_short)
+        relevance = r_in + r_short  # (B, C_in, h, w): the fork adds its branches' shares
+    relevance = propagation.unpool(model.maxpool, rec.stem, relevance, rec.winners)
+    return _relprop_conv(model.conv1, _merged_weight(model.conv1, model.bn1), images, relevance)
 
 
 @METHODS.register("lrp")
@@ -169,7 +150,7 @@ def lrp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
     - alpha-beta on the first conv too (theirs uses the z^B rule with the image's min/max),
       as the specification asks for alpha=1, beta=0 throughout.
     """
-    if getattr(model, "architecture", None) == "resnet":
+    if propagation.residual_network(model):
         return _lrp_residual(model, images, classes).sum(dim=1).detach()  # (B, H, W)
     layers = propagation.flat_layers(model)
     inputs, winners = propagation.record_inputs(model, layers, images)  # whole batch
@@ -189,4 +170,4 @@ def lrp(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
 
 
 # the rules follow sequential networks and BasicBlock ResNets (attrlib.attribution.base.refusal)
-lrp.refuses = residual_refusal
+lrp.refuses = propagation.walk_refusal

@@ -1,13 +1,17 @@
-"""Layer-by-layer relevance propagation through a VGG: the plumbing shared by LRP and RAP.
+"""Layer-by-layer relevance propagation: the plumbing shared by LRP and RAP.
 
 Both methods run one forward that records every layer's input (and every max-pool's arg-max),
-then walk the layers in reverse, one rule per layer type. The kernels below are the backward
+then walk the layers in reverse, one rule per layer type: through a sequential network
+(`flat_layers`, `record_inputs`: VGG) or through a BasicBlock ResNet (`record_residual`:
+the stem, each block's two branches and the head). The kernels below are the backward
 halves of conv and max-pool, called directly instead of through autograd: a rule needs the
 input-gradient of a conv with *other* weights (w+, w-, ...), and a pool's routing is the one
 its forward chose, so neither needs a graph.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +31,16 @@ def sequential_refusal(model: nn.Module) -> str | None:
         f"its layer-by-layer rules walk a sequential network (features, classifier: "
         f"vgg16_bn); a {family} network has residual sums they would not follow"
     )
+
+
+def residual_network(model: nn.Module) -> bool:
+    """Whether `model` is a BasicBlock ResNet (attrlib.resnet), walked by `record_residual`."""
+    return getattr(model, "architecture", None) == "resnet"
+
+
+def walk_refusal(model: nn.Module) -> str | None:
+    """Why the rules cannot walk `model` (neither sequential nor a BasicBlock ResNet), or None."""
+    return None if residual_network(model) else sequential_refusal(model)
 
 
 def flat_layers(model: nn.Module) -> list[nn.Module]:
@@ -110,3 +124,60 @@ def unpool(
         pool.ceil_mode,
         winners,
     )
+
+
+@dataclass
+class BlockRecord:
+    """One BasicBlock's forward: every tensor a rule reads, (B, C, h, w) each."""
+
+    block: nn.Module
+    x: torch.Tensor  # the block's input (conv1's and the shortcut's)
+    conv1_out: torch.Tensor  # bn1's input
+    inner: torch.Tensor  # conv2's input (relu1's output)
+    conv2_out: torch.Tensor  # bn2's input
+    main: torch.Tensor  # bn2's output: the residual branch's summand
+    down_out: torch.Tensor | None  # the downsample conv's output (its batch norm's input)
+    shortcut: torch.Tensor  # the other summand: x, or its projection
+
+
+@dataclass
+class ResidualRecord:
+    """A BasicBlock ResNet's forward without a graph, for a walk back through it."""
+
+    images: torch.Tensor  # (B, 3, H, W)
+    stem_conv: torch.Tensor  # conv1's output (bn1's input)
+    stem: torch.Tensor  # the stem's ReLU output (the max-pool's input)
+    pooled_stem: torch.Tensor  # the max-pool's output (the first block's input)
+    winners: torch.Tensor  # the max-pool's flat arg-max, like pooled_stem
+    blocks: list[BlockRecord]
+    features: torch.Tensor  # the last block's output (B, C, h, w)
+    pooled: torch.Tensor  # its global average (B, C): the classifier's input
+
+
+def record_residual(model: nn.Module, images: torch.Tensor) -> ResidualRecord:
+    """One forward of a BasicBlock ResNet in eval mode, keeping what the rules read.
+
+    Every module is called as in `model.forward` (its ReLU modules too), so hooks on them,
+    e.g. a quantized network's activation rounding, act as in the network's own forward.
+    """
+    with eval_mode(model), torch.no_grad():
+        stem_conv = model.conv1(images)
+        stem = model.relu(model.bn1(stem_conv))
+        x, winners = maxpool(model.maxpool, stem)
+        pooled_stem, blocks = x, []
+        for block in (b for stage in model.stages for b in stage):
+            conv1_out = block.conv1(x)
+            inner = block.relu1(block.bn1(conv1_out))
+            conv2_out = block.conv2(inner)
+            main = block.bn2(conv2_out)
+            down_out, shortcut = None, x
+            if block.downsample is not None:
+                conv, bn = block.downsample
+                down_out = conv(x)
+                shortcut = bn(down_out)
+            blocks.append(
+                BlockRecord(block, x, conv1_out, inner, conv2_out, main, down_out, shortcut)
+            )
+            x = block.relu2(main + shortcut)
+        pooled = torch.flatten(model.avgpool(x), 1)
+    return ResidualRecord(images, stem_conv, stem, pooled_stem, winners, blocks, x, pooled)

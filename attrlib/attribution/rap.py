@@ -241,6 +241,50 @@ def _rule(layer: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
     raise TypeError(f"RAP has no rule for {type(layer).__name__}")
 
 
+def _relprop_proportional(
+    parts: list[torch.Tensor], total: torch.Tensor, relevance: torch.Tensor
+) -> list[torch.Tensor]:
+    """A sum's rule (official `RelPropSimple` on `Add`, and on average pooling): each input
+    x_i gets x_i * R / z of the output z it feeds, 0 where z == 0; `total` is z already
+    broadcast to the parts' shape."""
+    scaled = _safe_div(relevance, total)
+    return [part * scaled for part in parts]
+
+
+def _rap_residual(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """RAP through a BasicBlock ResNet (attrlib.resnet), its input relevance (B, 3, H, W).
+
+    The authors' ResNet modules (wjNam/Relative_Attributing_Propagation, `modules/resnet.py`,
+    `RAP_relprop`): the top-linear rule on `fc`, average pooling and each residual sum split in
+    proportion to their inputs (their `RelPropSimple`), batch norms passing relevance on, the
+    hidden-conv rule on every conv of a block and of its downsample, the branches' relevance
+    added where the block's input forks (their Bottleneck's `x1 + x`; their BasicBlock's
+    `Clone.RAP_relprop` cannot run as written, and `Clone.relprop` of LRP adds too), the
+    max-pool winner takes all and the z^B rule on the stem's conv.
+    """
+    rec = propagation.record_residual(model, images)
+    x = rec.features  # (B, C, h, w)
+    relevance = _relprop_linear(model.fc, rec.pooled, classes)  # (B, C)
+    mean = rec.pooled[:, :, None, None].expand_as(x)  # each position's pooled output
+    (relevance,) = _relprop_proportional([x / x[0, 0].numel()], mean, relevance[:, :, None, None])
+    for b in reversed(rec.blocks):
+        block = b.block
+        r_main, r_short = _relprop_proportional(
+            [b.main, b.shortcut], b.main + b.shortcut, relevance
+        )
+        r = _relprop_batchnorm(block.bn2, b.conv2_out, r_main)
+        r = _relprop_conv(block.conv2, b.inner, r)
+        r = _relprop_batchnorm(block.bn1, b.conv1_out, r)  # relu1 passes
+        r_in = _relprop_conv(block.conv1, b.x, r)
+        if block.downsample is not None:
+            conv, bn = block.downsample
+            r_short = _relprop_conv(conv, b.x, _relprop_batchnorm(bn, b.down_out, r_short))
+        relevance = r_in + r_short  # (B, C_in, h, w)
+    relevance = _relprop_maxpool(model.maxpool, rec.stem, relevance, rec.pooled_stem, rec.winners)
+    relevance = _relprop_batchnorm(model.bn1, rec.stem_conv, relevance)  # the ReLU passes
+    return _relprop_input_conv(model.conv1, images, relevance)
+
+
 @METHODS.register("rap")
 def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """RAP relevance of `classes` at the input, summed over colour channels.
@@ -252,7 +296,8 @@ def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
 
     Args:
         model: a `VGGVOC`-like network: `features` (Conv2d/BatchNorm2d/ReLU/MaxPool2d) and
-            `classifier` (Dropout + one Linear on the flattened final feature map).
+            `classifier` (Dropout + one Linear on the flattened final feature map), or a
+            BasicBlock ResNet (`_rap_residual`).
         images: (B, 3, H, W) normalised images.
         classes: (B,) int64 target class per row, on the images' device.
     Returns:
@@ -273,6 +318,8 @@ def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
     - the authors' evaluation flips the map's sign when the logit is negative and clips
       negatives before scoring; that is post-processing, left to the caller.
     """
+    if propagation.residual_network(model):
+        return _rap_residual(model, images, classes).sum(dim=1).detach()  # (B, H, W)
     layers = propagation.flat_layers(model)
     inputs, winners = propagation.record_inputs(model, layers, images)  # whole batch
     relevance = _relprop_linear(layers[-1], inputs[-1], classes)  # (B, D)
@@ -287,5 +334,5 @@ def rap(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.
     return relevance.sum(dim=1).detach()  # (B, H, W)
 
 
-# the rules follow a sequential network only (attrlib.attribution.base.refusal)
-rap.refuses = propagation.sequential_refusal
+# the rules follow sequential networks and BasicBlock ResNets (attrlib.attribution.base.refusal)
+rap.refuses = propagation.walk_refusal
