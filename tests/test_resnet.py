@@ -440,3 +440,40 @@ def test_evaluation_leaves_out_and_names_the_methods_a_resnet_refuses(
     image, _, _ = loc[0]
     maps = image_maps({"teacher": model}, image, 0, ["gradcam", "rap"])
     assert list(maps["teacher"]) == ["gradcam"]
+
+
+def test_block_pruning_equals_torch_prunings_dependency_graph_surgery():
+    """Torch-Pruning's dependency graph, asked to remove the channels our L1 criterion drops
+    from each block's first conv, cuts the same tensors: its group is the block's conv1,
+    bn1 and conv2 inputs (nothing tied through a residual sum), and the networks agree."""
+    import copy
+
+    import torch_pruning as tp
+
+    from attrlib.prune import structured_prune
+    from attrlib.prune.structured import block_conv_names, keep_indices
+
+    model = random_resnet(NUM_CLASSES, SIZE, seed=5).eval()
+    ours = structured_prune(model, 0.5).eval()
+    theirs = copy.deepcopy(model)
+    graph = tp.DependencyGraph().build_dependency(
+        theirs, example_inputs=torch.randn(1, 3, SIZE, SIZE)
+    )
+    names = {id(module): name for name, module in theirs.named_modules()}
+    for name in block_conv_names(model):
+        conv = theirs.get_submodule(name)
+        keep = set(keep_indices(model.get_submodule(name), 0.5).tolist())
+        drop = [c for c in range(conv.out_channels) if c not in keep]
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop)
+        assert graph.check_pruning_group(group)
+        block = name.rpartition(".")[0]
+        reached = {names.get(id(dep.target.module)) for dep, _ in group} - {None}
+        assert reached == {f"{block}.{m}" for m in ("conv1", "bn1", "conv2")}  # and a ReLU
+        group.prune()
+    theirs_state = theirs.state_dict()
+    assert ours.state_dict().keys() == theirs_state.keys()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs_state[key]), key
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
