@@ -76,7 +76,8 @@ class ModelConfig:
         return cls(**{**d, "widths": tuple(d["widths"])})
 
     def scaled(self, width_div: int) -> ModelConfig:
-        """A student's config: every conv width // `width_div` (at least 1)."""
+        """Every conv width // `width_div` (at least 1): a student of this network, or a
+        teacher at its family's scale (`vgg16_bn_voc`)."""
         return replace(self, widths=tuple(max(1, w // width_div) for w in self.widths))
 
 
@@ -196,11 +197,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def vgg16_bn_voc(
     width_div: int = 1, num_classes: int = 20, input_size: int = 227, dropout: float = 0.5
 ) -> VGGVOC:
-    """The VOC VGG16-BN with every conv width divided by `width_div` (students x2/x4/x8)."""
+    """The VOC VGG16-BN with every conv width divided by `width_div` (a teacher's scale; a
+    student divides its teacher's widths: `ModelConfig.scaled`, the same rounding)."""
     if width_div not in ALLOWED_WIDTH_DIVS:
         raise ValueError(f"width_div must be one of {ALLOWED_WIDTH_DIVS}, got {width_div}")
-    widths = tuple(w // width_div for w in VGG16_WIDTHS)
-    return VGGVOC(ModelConfig(widths, num_classes, input_size, dropout))
+    full = ModelConfig(VGG16_WIDTHS, num_classes, input_size, dropout)
+    return VGGVOC(full.scaled(width_div))
 
 
 def build_model(config: ModelConfig | dict) -> VGGVOC:
