@@ -271,9 +271,9 @@ quantize: $(QUANTIZE_NBS)  ## every quantization-aware fine-tuning run (notebook
 evaluate: $(EVAL_NBS)  ## accuracy and localization of every model (notebook 05)
 
 # Every finished model of a teacher's folder: the teacher, students, pruned networks,
-# iterations (on the default profile every second iteration: 16 x 6 schedules would double
-# the time of the evaluation, and the curves read as well from 8 points).
-SKIP_ITERATIONS := $(if $(filter default replicated,$(PROFILE_NAME)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
+# iterations (on the default-sized profiles every second iteration: 16 x 6 schedules would
+# double the time of the evaluation, and the curves read as well from 8 points).
+SKIP_ITERATIONS := $(if $(filter default replicated resnet,$(PROFILE_NAME)),-not -path '*/iter_0[13579]/*' -not -path '*/iter_1[13579]/*')
 
 # The rules of teacher seed $(1) and its folder $(2). Its targets are the teacher's logits and
 # matching maps for every training view, computed once and read by every distillation and

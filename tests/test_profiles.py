@@ -44,7 +44,7 @@ def _smoke_fields() -> dict:
 
 
 def test_builtin_profiles_are_the_files_beside_the_package():
-    assert sorted(PROFILES) == ["default", "replicated", "smoke", "voc"]
+    assert sorted(PROFILES) == ["default", "replicated", "resnet", "smoke", "voc"]
     default = PROFILES["default"]
     # the study's recipe, as the reference run of docs/results/default was made
     assert (default.input_size, default.teacher_width_div, default.student_width_divs) == (
@@ -350,6 +350,25 @@ def test_replicated_is_the_default_under_three_teachers():
         quantize_bits=default.quantize_bits,
         quantize_methods=default.quantize_methods,
         quantize=default.quantize,
+    )
+    assert same == default
+
+
+def test_resnet_is_the_default_on_three_resnet_teachers_at_x4():
+    from dataclasses import replace
+
+    resnet, default = PROFILES["resnet"], PROFILES["default"]
+    assert resnet.architecture == "resnet" and resnet.teacher_width_div == 4
+    assert resnet.teacher_seeds == (0, 1, 2) and resnet.seeds == (0,)
+    assert resnet.student_width_divs == (4,)
+    same = replace(
+        resnet,
+        name="default",
+        architecture=default.architecture,
+        teacher_width_div=default.teacher_width_div,
+        teacher_seeds=default.teacher_seeds,
+        seeds=default.seeds,
+        student_width_divs=default.student_width_divs,
     )
     assert same == default
 
