@@ -352,7 +352,10 @@ def evaluate_checkpoint(
 
 def targets_main(argv: Sequence[str] | None = None) -> Path:
     """`python -m attrlib.stages targets` (make targets): the profile's teacher store, written
-    once."""
+    once. A store at `--out` that already fits the profile (same teacher file, views,
+    matching layer, every map the grid needs) is kept untouched, so that make, which re-runs
+    this step whenever the teacher's notebook re-executes (e.g. after a profile edit that
+    only adds runs), does not make every run that reads the store stale."""
     parser = argparse.ArgumentParser(
         prog="python -m attrlib.stages targets",
         description="Compute the teacher's logits and matching maps for every training view "
@@ -372,11 +375,27 @@ def targets_main(argv: Sequence[str] | None = None) -> Path:
     device = resolve_device(args.device)
     teacher, classes = load_reference(args.teacher, args.data_root, device)
     train = build_datasets(args.data_root, prof, classes)[0]
+    kinds, epochs = profile_kinds(prof), profile_epochs(prof)
+    out = Path(args.out)
+    if out.is_file():
+        try:
+            TeacherTargets.load(out).check(
+                teacher=args.teacher,
+                dataset=train,
+                layer=prof.matching_layer,
+                keys=[target_key(m, d) for m, d in kinds],
+                epochs=epochs,
+            )
+        except ValueError as err:
+            print(f"rebuilding: {err}")
+        else:
+            print(f"{out}: up to date (same teacher, views and maps): kept")
+            return out
     store = build_targets(
         teacher,
         train,
-        profile_epochs(prof),
-        profile_kinds(prof),
+        epochs,
+        kinds,
         prof.matching_layer,
         teacher_path=args.teacher,
         device=device,

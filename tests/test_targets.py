@@ -398,6 +398,26 @@ def test_cli_writes_the_profiles_store(env, cli_store):
         torch.testing.assert_close(store.maps[key], direct.maps[key], **STORE_TOL, msg=key)
 
 
+def test_cli_keeps_a_store_that_fits_and_rebuilds_one_that_does_not(
+    env, cli_store, tmp_path, capsys
+):
+    """make re-runs the step whenever the teacher's notebook re-executes; a fitting store is
+    left untouched (so no run that reads it becomes stale), a misfit is rebuilt."""
+    import shutil
+
+    out = tmp_path / "targets.pt"
+    shutil.copy2(cli_store, out)
+    before = out.stat().st_mtime_ns
+    argv = ["--teacher", str(env.teacher_path), "--data-root", str(env.root), "--profile"]
+    argv += ["smoke", "--out", str(out), "--device", "cpu"]
+    assert stages.targets_main([*argv, "--set", WIDE_GRID]) == out
+    assert out.stat().st_mtime_ns == before and "up to date" in capsys.readouterr().out
+    stages.targets_main([*argv, "--set", f"{WIDE_GRID} matching_layer=pool"])
+    printed = capsys.readouterr().out
+    assert "rebuilding: " in printed and "matching layer 'attribution' vs 'pool'" in printed
+    assert TeacherTargets.load(out).meta["layer"] == "pool"
+
+
 def _stage_history(out_dir) -> list[dict]:
     return _strip(json.loads((out_dir / "metrics.json").read_text())["history"])
 
