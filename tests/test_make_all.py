@@ -170,7 +170,7 @@ def test_widening_a_profile_runs_only_the_runs_it_adds(smoke_study, tmp_path):
     kept += [p for p in tree.rglob("*.ipynb") if p.parent.name != "teacher"]
     kept = [p for p in kept if "evaluate" not in p.parts]
     before = {p: p.stat().st_mtime_ns for p in kept}
-    assert len(before) > 10
+    assert len(before) > 5  # the store, the teacher and every compression run
     profile.write_text(text.replace("quantize_bits: [8]", "quantize_bits: [8, 4]"))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
