@@ -190,7 +190,7 @@ timings: | $(STAMP)  ## fold the per-stage wall times into runs/<name>/timings.c
 # Its figures that the README shows go to docs/figures/<name>/.
 RESULTS := docs/results/$(NAME)
 RESULT_FIGURES_DIR := docs/figures/$(NAME)
-RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv teacher_spread.csv validity.csv summary.md) $(RUNS)/timings.csv
+RESULT_FILES := $(addprefix $(RUNS)/paper/,all_runs.csv effects.csv teacher_spread.csv validity.csv summary.md) $(RUNS)/timings.csv $(PROFILE_STAMP)
 RESULT_FIGURES := $(addprefix $(RUNS)/paper/,forest.png replicates_gradcam_auc.png)
 # drawn only where the evaluation scored faithfulness and a method has its baseline beside it
 RESULT_OPTIONAL := $(addprefix $(RUNS)/paper/,forest_faithfulness.png faithfulness_curves.png)

@@ -233,8 +233,11 @@ def test_results_copies_the_reference_run(tmp_path):
     assert f"{runs}/timings.csv is missing" in out.stderr
     assert not docs.exists()
     (runs / "timings.csv").write_text("stage,seconds\ntotal,1.0\n")
+    (runs / "profile.yaml").write_text("name: smoke\n")  # the resolved profile make wrote
     subprocess.run(command, cwd=ROOT, env=_clean_env(), capture_output=True, check=True)
-    assert sorted(p.name for p in docs.iterdir()) == sorted([*tables, "timings.csv"])
+    assert sorted(p.name for p in docs.iterdir()) == sorted(
+        [*tables, "timings.csv", "profile.yaml"]
+    )
     assert (docs / "summary.md").read_text() == "summary.md"
     assert sorted(p.name for p in figures.iterdir()) == ["forest.png", "replicates_gradcam_auc.png"]
     # the faithfulness figures go along where the paper drew them
