@@ -186,7 +186,7 @@ all: paper  ## the whole study: environment, data, every stage, tables and figur
 timings: | $(STAMP)  ## fold the per-stage wall times into runs/<name>/timings.csv
 	$(FOLD_TIMINGS)
 
-# The reference run's tables and timings, kept under version control in docs/results/<p>/.
+# The reference run's tables, timings and resolved profile, kept in docs/results/<p>/.
 # Its figures that the README shows go to docs/figures/<name>/.
 RESULTS := docs/results/$(NAME)
 RESULT_FIGURES_DIR := docs/figures/$(NAME)
