@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -386,8 +387,8 @@ def targets_main(argv: Sequence[str] | None = None) -> Path:
                 keys=[target_key(m, d) for m, d in kinds],
                 epochs=epochs,
             )
-        except ValueError as err:
-            print(f"rebuilding: {err}")
+        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            print(f"rebuilding: {err}")  # a misfit, or a file torch cannot read
         else:
             print(f"{out}: up to date (same teacher, views and maps): kept")
             return out

@@ -416,6 +416,10 @@ def test_cli_keeps_a_store_that_fits_and_rebuilds_one_that_does_not(
     printed = capsys.readouterr().out
     assert "rebuilding: " in printed and "matching layer 'attribution' vs 'pool'" in printed
     assert TeacherTargets.load(out).meta["layer"] == "pool"
+    out.write_bytes(out.read_bytes()[:1000])  # cut short: torch cannot read it
+    stages.targets_main([*argv, "--set", f"{WIDE_GRID} matching_layer=pool"])
+    assert "rebuilding: " in capsys.readouterr().out
+    assert TeacherTargets.load(out).meta["layer"] == "pool"
 
 
 def _stage_history(out_dir) -> list[dict]:
