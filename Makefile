@@ -127,6 +127,16 @@ $(PROFILE_STAMP): FORCE | $(STAMP)
 		--data $(if $(VOC_ROOT),real,synthetic) $(if $(TEACHER_WEIGHTS),--weights)
 .PHONY: FORCE
 FORCE:
+# What finished runs depend on: the resolved profile without the grid's lists. The teachers
+# and every run depend on it, so an edit that only adds runs (a seed, a rate, a method)
+# executes those alone, while an edit of a recipe reaches every run, which then refuses to
+# reuse a finished run made otherwise. Made first from an existing study, it takes the
+# resolved profile's time, so an upgrade reruns nothing.
+RECIPE_STAMP := $(RUNS)/.recipes.yaml
+$(RECIPE_STAMP): $(PROFILE_STAMP) | $(STAMP)
+	@new=$$([ -f $@ ] || echo 1); \
+	$(VENV)/bin/python -m attrlib.profiles show $(PROFILE) --set '$(SET)' --recipes --into $@ \
+	&& { [ -z "$$new" ] || touch -r $(PROFILE_STAMP) $@; }
 ifneq ($(filter-out $(NO_GRID_GOALS),$(or $(MAKECMDGOALS),all)),)
 include $(GRID_MK)
 endif
@@ -279,7 +289,7 @@ SKIP_ITERATIONS := $(if $(filter default replicated resnet,$(PROFILE_NAME)),-not
 # matching maps for every training view, computed once and read by every distillation and
 # pruning run instead of running the teacher in each of their steps.
 define TEACHER_RULES
-$(2)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $$(DATA_DIGEST) $$(PROFILE_STAMP) | $$(STAMP) $$(CHECK_GATE)
+$(2)/teacher/01_teacher.ipynb: notebooks/01_teacher.ipynb $$(DATA_DIGEST) $$(RECIPE_STAMP) | $$(STAMP) $$(CHECK_GATE)
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p seed $(1) -p out_dir $(2)/teacher -p weights '$$(TEACHER_WEIGHTS)',$$(TEACHER_ENV))
 
 $(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
@@ -293,7 +303,7 @@ $(foreach t,$(TEACHER_SEEDS),$(eval $(call TEACHER_RULES,$(t),$(call tree,$(t)))
 
 # One rule per compression run: (teacher seed, notebook path, parameters, grid prefix).
 define RUN_RULE
-$(2): notebooks/$($(4)_notebook).ipynb $(call tree,$(1))/teacher/targets.pt
+$(2): notebooks/$($(4)_notebook).ipynb $(call tree,$(1))/teacher/targets.pt $$(RECIPE_STAMP)
 	$$(call run_notebook,$$<,$$@,$$(COMMON) -p $($(4)_start) $(call tree,$(1))/teacher/best.pt -p teacher_targets $(call tree,$(1))/teacher/targets.pt -p out_dir $$(dir $$@) $(3),$$(GRID_ENV))
 endef
 $(foreach t,$(TEACHER_SEEDS),$(foreach s,$(DISTILL_SEEDS),$(foreach w,$(DISTILL_WIDTHS),$(foreach m,$(DISTILL_METHODS),$(eval $(call RUN_RULE,$(t),$(call distill_nb,$(t),$(w),$(m),$(s)),$(call distill_params,$(w),$(m),$(s)),distill))))))

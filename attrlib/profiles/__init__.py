@@ -321,12 +321,30 @@ def get_profile(source: str | Profile, overrides: str | Iterable[str] | None = (
     return prof
 
 
-def to_yaml(prof: Profile) -> str:
-    """The profile as YAML, every field (its name omitted: a file's name is its name)."""
+# The fields that say which runs a study has, not how any run is made: a profile edit that
+# only changes these adds or drops runs and leaves every finished one as it is.
+GRID_FIELDS = (
+    "seeds",
+    "teacher_seeds",
+    "student_width_divs",
+    "prune_rates",
+    "distill_methods",
+    "oneshot_methods",
+    "iterative_methods",
+    "quantize_bits",
+    "quantize_methods",
+)
+
+
+def to_yaml(prof: Profile, recipes_only: bool = False) -> str:
+    """The profile as YAML, every field (its name omitted: a file's name is its name); with
+    `recipes_only`, every field but the grid's (`GRID_FIELDS`)."""
     data = {k: v for k, v in asdict(prof).items() if k != "name"}
+    if recipes_only:
+        data = {k: v for k, v in data.items() if k not in GRID_FIELDS}
     for f in dataclasses.fields(prof):
-        if f.metadata.get("omit_if_default") and data[f.name] == f.default:
-            del data[f.name]
+        if f.metadata.get("omit_if_default") and data.get(f.name, f.default) == f.default:
+            data.pop(f.name, None)
     return yaml.safe_dump(_lists(data), sort_keys=False)
 
 
@@ -378,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the data make will use (VOC_ROOT set or not): refuse a profile made for the other",
     )
     show.add_argument("--weights", action="store_true", help="make has TEACHER_WEIGHTS")
+    show.add_argument(
+        "--recipes",
+        action="store_true",
+        help="every field but the grid's lists (which runs exist): what finished runs depend on",
+    )
     args = parser.parse_args(argv)
     if args.command == "list":
         print("\n".join(f"{name}\t{BUILTIN_DIR / name}.yaml" for name in PROFILES))
@@ -422,4 +445,6 @@ def weights_warning(architecture: str) -> str:
 
 def _show_text(prof: Profile, args) -> str:
     text = f"# profile {args.profile}" + (f", overrides: {args.set}" if args.set else "")
-    return text + f"\nname: {prof.name}\n" + to_yaml(prof)
+    if args.recipes:
+        text += ", without the grid's fields"
+    return text + f"\nname: {prof.name}\n" + to_yaml(prof, recipes_only=args.recipes)
