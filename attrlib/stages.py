@@ -354,9 +354,10 @@ def evaluate_checkpoint(
 def targets_main(argv: Sequence[str] | None = None) -> Path:
     """`python -m attrlib.stages targets` (make targets): the profile's teacher store, written
     once. A store at `--out` that already fits the profile (same teacher file, views,
-    matching layer, every map the grid needs) is kept untouched, so that make, which re-runs
-    this step whenever the teacher's notebook re-executes (e.g. after a profile edit that
-    only adds runs), does not make every run that reads the store stale."""
+    matching layer, every map the grid needs) is kept untouched: make re-runs this step
+    whenever the teacher's notebook re-executes (after any edit of the profile's recipes,
+    runs/<name>/.recipes.yaml), and a store rewritten for nothing would make every run that
+    reads it stale."""
     parser = argparse.ArgumentParser(
         prog="python -m attrlib.stages targets",
         description="Compute the teacher's logits and matching maps for every training view "
