@@ -357,9 +357,10 @@ def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
     """Runs shown in the qualitative figure, {row label: run}, in the order drawn.
 
     The teacher, then for each stage's strongest compression (smallest student, highest
-    rate, last iteration) every method, the one without matching (KD, naive) before the
-    matched ones; each stage's first seed under the first teacher. A label is the method and the setting as the
-    study prints it: 'KD+SWA (x4)', 'naive (rate 0.7)', 'SWA (iteration 16)'.
+    rate, last iteration, fewest bits: `Stage.stronger`) every method, the one without
+    matching (KD, naive) before the matched ones; each stage's first seed under the first
+    teacher. A label is the method and the setting as the study prints it: 'KD+SWA (x4)',
+    'naive (rate 0.7)', 'SWA (iteration 16)', 'SWA (2-bit)'.
     """
     chosen = {}
     frame = first_teacher(frame)
@@ -370,7 +371,8 @@ def qualitative_runs(frame: pd.DataFrame) -> dict[str, str]:
             continue
         group = group[group["seed"] == group["seed"].min()]
         if spec.setting is not None:
-            group = group[group[spec.setting] == group[spec.setting].max()]
+            values = group[spec.setting] * spec.stronger
+            group = group[values == values.max()]
         for method in method_order(stage, group["method"]):
             run = group[group["method"] == method].iloc[0]
             suffix = "" if spec.setting is None else f" ({spec.label(run[spec.setting])})"

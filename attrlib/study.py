@@ -44,6 +44,9 @@ class Stage:
     function: str  # its run function in attrlib.stages: config -> (model, results)
     setting: str | None = None  # config key its runs differ by (width_div, rate, iteration)
     label: Callable[[float], str] = str  # a setting's value as figures and tables print it
+    # +1: a larger setting compresses more (x4 over x2, rate 0.7 over 0.3); -1: a smaller one
+    # does (2 bits over 8), which the figures need to show the strongest compression
+    stronger: int = 1
     baseline: str = ""  # the word of its method without matching ("" = nothing compared)
     pooled: bool = False  # the summary pools its settings (the iterations of one schedule)
 
@@ -89,6 +92,7 @@ for _stage in (
         "quantize",
         setting="bits",
         label=lambda v: f"{int(v)}-bit",
+        stronger=-1,
         baseline="naive",
     ),
 ):

@@ -351,6 +351,12 @@ def _study_frame() -> pd.DataFrame:
                     }
                     | {"method": method, "seed": seed, "iteration": float(it)}
                 )
+        for bits in (8, 2):
+            for word, method in (("naive", "naive"), ("swa", "SWA")):
+                rows.append(
+                    {"stage": "quantize", "run": f"quantize/w{bits}-{word}-s{seed}"}
+                    | {"method": method, "seed": seed, "bits": float(bits)}
+                )
     return pd.DataFrame(rows).sort_values("run", ignore_index=True)
 
 
@@ -366,6 +372,8 @@ def test_qualitative_grid_rows_teacher_then_baselines_before_matching():
         "stochastic SWA (rate 0.7)",
         "naive (iteration 16)",
         "SWA (iteration 16)",
+        "naive (2-bit)",  # the fewest bits are the strongest quantization
+        "SWA (2-bit)",
     ]
     assert list(chosen) == expected
     assert chosen["KD+EWA (x4)"] == "distill/x4-ewa-s0"  # each stage's first seed
