@@ -27,6 +27,7 @@ from attrlib.config import (
     get_profile,
     lab_dir,
 )
+from attrlib.profiles import GRID_FIELDS
 from attrlib.registry import Registry
 
 # attrlib.distill.NO_MATCHING (tests hold them equal): this module imports no torch, so that
@@ -202,18 +203,10 @@ class Grid:
 
 
 def grid(profile: str, overrides: str | Sequence[str] = ()) -> Grid:
+    # the fields a recipes stamp leaves out (runs/<p>/.recipes.yaml), in Grid's order: one list,
+    # so a grid field can never also count as a recipe
     prof = get_profile(profile, overrides)
-    return Grid(
-        prof.seeds,
-        prof.teacher_seeds,
-        prof.student_width_divs,
-        prof.prune_rates,
-        prof.distill_methods,
-        prof.oneshot_methods,
-        prof.iterative_methods,
-        prof.quantize_bits,
-        prof.quantize_methods,
-    )
+    return Grid(*(getattr(prof, name) for name in GRID_FIELDS))
 
 
 def grid_stages(profile: str, overrides: str | Sequence[str] = ()) -> list[str]:
