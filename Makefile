@@ -186,6 +186,10 @@ FAITH_PARAMS = $(if $(FAITH_METRICS),-y "faith_metrics: [$(FAITH_METRICS)]")$(if
 GRID_ENV := OMP_NUM_THREADS=$(THREADS)
 TEACHERS_AT_ONCE := $(shell n=$(words $(TEACHER_SEEDS)); echo $$(( n < $(JOBS) ? (n > 0 ? n : 1) : $(JOBS) )))
 TEACHER_ENV := $(if $(filter-out 1,$(TEACHERS_AT_ONCE)),OMP_NUM_THREADS=$(shell echo $$(( $(NCPU) / $(TEACHERS_AT_ONCE) > 0 ? $(NCPU) / $(TEACHERS_AT_ONCE) : 1 ))))
+# Each teacher's evaluation scores EVAL_WORKERS models at a time on a CPU, each in a process
+# of its own with the evaluation's threads shared out (small networks use two threads poorly:
+# benchmarks/evaluate_workers.py); one at a time on a GPU, under torchrun or a launcher.
+EVAL_WORKERS ?= $(if $(or $(GPU),$(GPUS),$(NPROC),$(LAUNCH)),1,$(shell echo $$(( $(JOBS) / $(TEACHERS_AT_ONCE) > 0 ? $(JOBS) / $(TEACHERS_AT_ONCE) : 1 ))))
 
 .PHONY: all venv data check-data teacher targets distill prune prune-oneshot prune-iterative evaluate quantize paper bench \
 	timings results test test-slow lint lab clean clean-runs help
@@ -229,6 +233,8 @@ Variables (make VAR=value ...):
   FAITH_METRICS=deletion,insertion,road  faithfulness metrics of the evaluation (default:
                          every registered one but the opt-in road)
   EVAL_OVERWRITE=1       re-score models whose eval.json was made with other settings
+  EVAL_WORKERS=n         models each evaluation scores at a time (default: JOBS per teacher
+                         evaluating at once on a CPU, 1 on a GPU)
   GPUS="0 1" NPROC=n LAUNCH="srun ..."  scaling out: docs/scaling.md
   LAB_PORT, TB_PORT      ports of make lab and make tensorboard
 endef
@@ -297,7 +303,7 @@ $(2)/teacher/targets.pt: $(2)/teacher/01_teacher.ipynb
 	$$(TEACHER_ENV) $$(call claim,$$@,,targets) $$(call run_prefix,targets) $$(PY) -m attrlib.stages targets --teacher $(2)/teacher/best.pt --data-root $$(DATA_ROOT) $$(PROFILE_ARGS) --out $$@
 
 $(2)/evaluate/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(2)/teacher/01_teacher.ipynb $(call distill_nbs,$(1)) $(call oneshot_nbs,$(1)) $(call iterative_nbs,$(1)) $(call quantize_nbs,$(1))
-	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) $$(FAITH_PARAMS) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
+	$$(call run_notebook,$$<,$$@,$$(COMMON) -p teacher $(2)/teacher/best.pt -p out_dir $$(dir $$@) -p workers $$(EVAL_WORKERS) $$(FAITH_PARAMS) -y "checkpoints: [$$$$(find $(2) -name best.pt -not -path '*/evaluate/*' $$(SKIP_ITERATIONS) | sort | paste -sd, -)]",$$(TEACHER_ENV))
 endef
 $(foreach t,$(TEACHER_SEEDS),$(eval $(call TEACHER_RULES,$(t),$(call tree,$(t)))))
 

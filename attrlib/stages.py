@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import pickle
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from itertools import islice
 from pathlib import Path
 
@@ -40,8 +43,10 @@ from attrlib.engine import epoch_loader, fit, load_model, make_checkpoint, multi
 from attrlib.evaluate import ReferenceMaps, evaluate_model
 from attrlib.io import as_stored, read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from attrlib.masks import permanent_copy
+from attrlib.progress import progress_bar
 from attrlib.prune import global_prune_, remaining_fraction, structured_prune
 from attrlib.quantize import calibrate_, deployment_report, int8_refusal, quantize_
+from attrlib.registry import load_plugins
 from attrlib.targets import TeacherTargets, build_targets, profile_epochs, profile_kinds
 from attrlib.views import TrainViews, ViewSpec
 
@@ -349,6 +354,75 @@ def evaluate_checkpoint(
     write_json_atomic(summary_path, summary)
     distributed.barrier()  # rank 0 has written both files before any rank reads them
     return summary
+
+
+def _shared_reference(cfg: EvalConfig, cache: dict[str, ReferenceMaps]) -> ReferenceMaps | None:
+    """The teacher's maps of `cfg`, computed once per `cache` and shared by its checkpoints."""
+    if not cfg.teacher:
+        return None
+    if cfg.teacher not in cache:
+        model = load_reference(cfg.teacher, cfg.data_root, stage_device(cfg.device))[0]
+        cache[cfg.teacher] = ReferenceMaps(model, cfg.teacher)
+    return cache[cfg.teacher]
+
+
+# A worker process of evaluate_checkpoints keeps its teachers' maps for the checkpoints it
+# scores; the process, and with it the cache, ends with the evaluation.
+_WORKER_REFERENCES: dict[str, ReferenceMaps] = {}
+
+
+def _start_eval_worker(threads: int, plugins: tuple[str, ...]) -> None:
+    torch.set_num_threads(threads)
+    load_plugins(plugins)
+
+
+def _evaluate_in_worker(cfg: EvalConfig) -> tuple[dict, str]:
+    reference = _shared_reference(cfg, _WORKER_REFERENCES)
+    # the worker's stdout is not the notebook's: its lines travel back with the result
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        summary = evaluate_checkpoint(cfg, reference, progress=False)
+    return summary, out.getvalue()
+
+
+def evaluate_checkpoints(
+    cfgs: Sequence[EvalConfig], workers: int = 1, threads: int = 0, plugins: Sequence[str] = ()
+) -> list[dict]:
+    """`evaluate_checkpoint` of every config, in order; their summaries. Each teacher's maps
+    (the agreement columns' reference) are computed once and shared by its checkpoints.
+
+    `workers` > 1 scores that many checkpoints at a time, each in a process of its own with
+    `threads` torch threads (0: this process's threads shared out among them), which imports
+    `plugins` and computes the teacher's maps once. Small networks use two threads poorly:
+    on a 2-core CPU two models at a time finish sooner than one model with both cores
+    (benchmarks/evaluate_workers.py). The scores equal the one-process loop's up to float
+    rounding (a thread count changes the order of CPU sums; measured: the agreement cosines
+    differ by ~1e-9, every other score not at all).
+    """
+    if workers <= 1 or len(cfgs) <= 1:
+        cache: dict[str, ReferenceMaps] = {}
+        return [evaluate_checkpoint(cfg, _shared_reference(cfg, cache)) for cfg in cfgs]
+    if distributed.active():
+        raise ValueError(
+            f"workers={workers}: a distributed (torchrun) evaluation shares each model "
+            "between its ranks already; give workers=1"
+        )
+    threads = threads or max(1, torch.get_num_threads() // workers)
+    pool = ProcessPoolExecutor(
+        min(workers, len(cfgs)),
+        mp_context=torch.multiprocessing.get_context("spawn"),
+        initializer=_start_eval_worker,
+        initargs=(threads, tuple(plugins)),
+    )
+    try:
+        futures = {pool.submit(_evaluate_in_worker, cfg): i for i, cfg in enumerate(cfgs)}
+        summaries: list[dict] = [{}] * len(cfgs)
+        for future in progress_bar(as_completed(futures), desc="models", total=len(cfgs)):
+            summary, printed = future.result()
+            print(printed, end="")
+            summaries[futures[future]] = summary
+    finally:  # after an error the checkpoints not yet started are dropped, not scored
+        pool.shutdown(cancel_futures=True)
+    return summaries
 
 
 def targets_main(argv: Sequence[str] | None = None) -> Path:

@@ -39,13 +39,13 @@ CONFIGS = {
 
 # Parameters of a notebook's own: the plugin modules it imports first (their methods are
 # then valid config values), and the evaluation's figure folder (each eval.json goes beside
-# its model) and how many models its map grid draws.
+# its model), how many models its map grid draws and how many it scores at a time.
 NOTEBOOK_ONLY = {
     "02_distill": {"plugins"},
     "03_prune_oneshot": {"plugins"},
     "04_prune_iterative": {"plugins"},
     "04b_quantize": {"plugins"},
-    "05_evaluate": {"out_dir", "runs_dir", "grid_models", "plugins"},
+    "05_evaluate": {"out_dir", "runs_dir", "grid_models", "plugins", "workers"},
 }
 # Defaults a notebook resolves itself (attrlib.study.evaluation_inputs): 05 evaluates every
 # best.pt under runs_dir ([]) against its teacher ("auto"), where the config takes one

@@ -129,3 +129,100 @@ def test_stage_device_outside_torchrun_joins_no_group():
 
     assert stages.stage_device("cpu") == torch.device("cpu")
     assert not dist.is_initialized()
+
+
+def _numbers(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {
+            k2: v2
+            for k, v in tree.items()
+            if k != "config"
+            for k2, v2 in _numbers(v, f"{prefix}{k}.").items()
+        }
+    if isinstance(tree, list):
+        return {
+            k2: v2 for i, v in enumerate(tree) for k2, v2 in _numbers(v, f"{prefix}{i}.").items()
+        }
+    return {prefix: float(tree)} if isinstance(tree, (int, float)) else {}
+
+
+def test_models_scored_in_worker_processes_equal_the_one_process_loop(
+    synth_root, teacher, tmp_path, capsys
+):
+    """Two models at a time, each in its own process with one thread: the same summaries
+    in the configs' order (up to the rounding of a thread count), every model named once."""
+    from attrlib.config import EvalConfig
+
+    # the smoke teacher predicts few classes: one that predicts them all is scored on every pair
+    model, _ = stages.load_model(teacher / "best.pt")
+    with torch.no_grad():
+        model.classifier[-1].bias += 10.0
+    checkpoint = str(tmp_path / "all.pt")
+    save_torch_atomic(
+        checkpoint, make_checkpoint(model, load_checkpoint(teacher / "best.pt")["classes"])
+    )
+
+    def configs(mode):
+        return [
+            EvalConfig(
+                profile="smoke",
+                data_root=str(synth_root),
+                device="cpu",
+                checkpoint=checkpoint,
+                teacher=checkpoint,
+                out_dir=str(tmp_path / mode / str(i)),
+                methods=methods,
+                batch_size=8,
+                faith_pairs=2,
+                faith_steps=2,
+            )
+            for i, methods in enumerate([("gradcam",), ("ebp", "gradcam"), ("lrp",)])
+        ]
+
+    alone = stages.evaluate_checkpoints(configs("alone"))
+    capsys.readouterr()
+    pooled = stages.evaluate_checkpoints(configs("pooled"), workers=2)
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(
+        f"{checkpoint}: class mAP" in line and line for line in printed
+    )
+    assert len(printed) == 3
+    for cfg, one, other in zip(configs("pooled"), alone, pooled, strict=True):
+        assert sorted(other["localization"]) == sorted(cfg.methods)  # in the configs' order
+        assert (
+            json.loads(
+                (tmp_path / "pooled" / cfg.out_dir.rsplit("/", 1)[-1] / "eval.json").read_text()
+            )["localization"]
+            == other["localization"]
+        )
+        a, b = _numbers(one), _numbers(other)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], abs=1e-6, nan_ok=True), key
+        assert other["pairs_scored"] > 0
+        assert "cosine_teacher" in other["localization"][cfg.methods[0]]  # the teacher's maps
+
+
+def test_a_model_that_fails_in_a_worker_stops_the_evaluation_by_name(synth_root, teacher, tmp_path):
+    from attrlib.config import EvalConfig
+
+    cfgs = [
+        EvalConfig(
+            profile="smoke",
+            data_root=str(synth_root),
+            device="cpu",
+            checkpoint=str(path),
+            out_dir=str(tmp_path / str(i)),
+            methods=("gradcam",),
+            faith_pairs=0,
+        )
+        for i, path in enumerate([tmp_path / "missing" / "best.pt", teacher / "best.pt"])
+    ]
+    with pytest.raises(FileNotFoundError, match="missing/best.pt"):
+        stages.evaluate_checkpoints(cfgs, workers=2)
+
+
+def test_worker_processes_are_refused_under_torchrun(monkeypatch):
+    monkeypatch.setattr(stages.distributed, "active", lambda: True)
+    with pytest.raises(ValueError, match="workers=2"):
+        stages.evaluate_checkpoints([object(), object()], workers=2)
