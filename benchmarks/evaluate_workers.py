@@ -20,14 +20,13 @@ beside the checkpoints. `ratio` = sequential seconds / worker seconds (2.0: twic
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from provenance import stamp
 
 from attrlib.config import EvalConfig
 from attrlib.io import write_json_atomic
@@ -72,6 +71,17 @@ def compare(first: list[dict], second: list[dict]) -> dict:
     return {"models_differing": differing, "largest_difference": largest}
 
 
+def summary_line(result: dict) -> str:
+    """What a result says, in one line."""
+    n, sec = len(result["checkpoints"]), result["seconds"]
+    return (
+        f"{n} models: one at a time with {result['threads']} threads {sec['sequential']:.1f} s, "
+        f"{result['workers']} at a time {sec['workers']:.1f} s ({result['ratio']:.2f}x); "
+        f"{result['models_differing']} of {n} models differ in some score, largest "
+        f"differences {result['largest_difference']}"
+    )
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", required=True, help="a teacher's folder of a study")
@@ -105,12 +115,8 @@ def main() -> dict:
             t0 = time.perf_counter()
             summaries[mode] = evaluate_checkpoints(cfgs, workers=workers)
             seconds[mode] = time.perf_counter() - t0
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     result = {
-        "date": datetime.date.today().isoformat(),
-        "commit": commit,
+        **stamp(),
         "checkpoints": checkpoints,
         "threads": threads,
         "workers": args.workers,
@@ -119,14 +125,8 @@ def main() -> dict:
         "ratio": seconds["sequential"] / seconds["workers"],
         **compare(summaries["sequential"], summaries["workers"]),
     }
-    print(
-        f"{len(checkpoints)} models: one at a time with {threads} threads "
-        f"{seconds['sequential']:.1f} s, {args.workers} at a time "
-        f"{seconds['workers']:.1f} s ({result['ratio']:.2f}x); "
-        f"{result['models_differing']} of {len(checkpoints)} models differ in some score, "
-        f"largest differences {result['largest_difference']}"
-    )
     write_json_atomic(Path(args.out), result)
+    print(summary_line(result))
     return result
 
 

@@ -21,12 +21,11 @@ process on the validation set (`attrlib.quantize.deployment_report`):
 from __future__ import annotations
 
 import argparse
-import datetime
-import subprocess
 from itertools import islice
 from pathlib import Path
 
 import torch
+from provenance import stamp
 
 from attrlib.config import get_profile
 from attrlib.data import VOCClassification, eval_transform
@@ -62,12 +61,8 @@ def main() -> dict:
     report = deployment_report(
         quantized, float_model, val, args.batch_size, args.repeats, args.engine
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     result = {
-        "date": datetime.date.today().isoformat(),
-        "commit": commit,
+        **stamp(),
         "checkpoint": args.checkpoint,
         **report,
     }
