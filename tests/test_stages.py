@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from benchmod import load_benchmark
 
 import attrlib.stages as stages
 from attrlib.config import DistillConfig, PruneIterativeConfig, TeacherConfig
 from attrlib.data import load_classes
 from attrlib.engine import load_checkpoint, make_checkpoint
 from attrlib.io import save_torch_atomic
+
+bench = load_benchmark("evaluate_workers.py")
 
 
 def _history(out_dir):
@@ -131,21 +135,6 @@ def test_stage_device_outside_torchrun_joins_no_group():
     assert not dist.is_initialized()
 
 
-def _numbers(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {
-            k2: v2
-            for k, v in tree.items()
-            if k != "config"
-            for k2, v2 in _numbers(v, f"{prefix}{k}.").items()
-        }
-    if isinstance(tree, list):
-        return {
-            k2: v2 for i, v in enumerate(tree) for k2, v2 in _numbers(v, f"{prefix}{i}.").items()
-        }
-    return {prefix: float(tree)} if isinstance(tree, (int, float)) else {}
-
-
 def test_models_scored_in_worker_processes_equal_the_one_process_loop(
     synth_root, teacher, tmp_path, capsys
 ):
@@ -183,22 +172,14 @@ def test_models_scored_in_worker_processes_equal_the_one_process_loop(
     capsys.readouterr()
     pooled = stages.evaluate_checkpoints(configs("pooled"), workers=2)
     printed = capsys.readouterr().out.splitlines()
-    assert sorted(printed) == sorted(
-        f"{checkpoint}: class mAP" in line and line for line in printed
-    )
     assert len(printed) == 3
-    for cfg, one, other in zip(configs("pooled"), alone, pooled, strict=True):
+    assert all(line.startswith(f"{checkpoint}: class mAP ") for line in printed), printed
+    # every score equal up to the rounding of a thread count (the benchmark's comparison)
+    assert all(gap < 1e-6 for gap in bench.compare(alone, pooled)["largest_difference"].values())
+    for cfg, other in zip(configs("pooled"), pooled, strict=True):
         assert sorted(other["localization"]) == sorted(cfg.methods)  # in the configs' order
-        assert (
-            json.loads(
-                (tmp_path / "pooled" / cfg.out_dir.rsplit("/", 1)[-1] / "eval.json").read_text()
-            )["localization"]
-            == other["localization"]
-        )
-        a, b = _numbers(one), _numbers(other)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert b[key] == pytest.approx(a[key], abs=1e-6, nan_ok=True), key
+        stored = json.loads((Path(cfg.out_dir) / "eval.json").read_text())
+        assert stored["localization"] == other["localization"]
         assert other["pairs_scored"] > 0
         assert "cosine_teacher" in other["localization"][cfg.methods[0]]  # the teacher's maps
 
