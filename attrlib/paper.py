@@ -543,10 +543,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     return text
 
 
-if __name__ == "__main__":
-    main()
-
-
 def faithfulness_curves(
     runs_dir: str | Path, frame: pd.DataFrame, stage: str, setting, attribution: str = "gradcam"
 ) -> dict[str, dict]:
@@ -586,3 +582,7 @@ def decisive_setting(frame: pd.DataFrame) -> tuple[str, object] | None:
         if len(values):
             return stage, values.max()
     return None
+
+
+if __name__ == "__main__":
+    main()
