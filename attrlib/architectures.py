@@ -4,7 +4,8 @@ An entry of `ARCHITECTURES` is an `nn.Module` class exposing what the stages use
 - `architecture` (its registered name) and `config`, a frozen dataclass with `to_dict()`,
   `scaled(width_div)` (a student: every width // width_div), `num_classes`, `input_size`;
 - `config_from_dict(d)` and `create(width_div, num_classes, input_size)` (a teacher: the
-  family's full widths // width_div);
+  family's full widths // width_div; `attrlib.widths.scale_widths` divides and rounds for
+  both, so `width_div` means the same for teachers and students);
 - `forward_features(images)` -> the attribution feature (B, C, h, w) at `attribution_layer`,
   and `head(feature)` -> logits, so Grad-CAM, EBP and the head-only SWA map start there;
 - `matching_layers` and `matching_feature` / `matching_head`, `forward(images,

@@ -23,6 +23,7 @@ from attrlib.profiles import (  # noqa: F401  (re-exported: the configs' callers
     get_profile,
     split_overrides,
 )
+from attrlib.widths import check_width_div
 
 if TYPE_CHECKING:
     import torch
@@ -176,7 +177,7 @@ class TeacherConfig(TrainConfig):
 
     stage: ClassVar[str] = "teacher"  # its folder under runs/<profile>/, in config.json
 
-    width_div: int | None = None  # None: the profile's teacher width
+    width_div: int | None = None  # widths = the family's full // this; None: the profile's
     weights: str = ""  # optional local torchvision weights file of the family (width_div=1)
     # a name in attrlib.architectures.ARCHITECTURES; None: the profile's
     architecture: str | None = field(default=None, metadata=added_as("vgg16_bn"))
@@ -196,11 +197,11 @@ class TeacherConfig(TrainConfig):
         from attrlib.architectures import ARCHITECTURES  # torch: only where a teacher is made
 
         ARCHITECTURES.get(self.architecture)  # an unknown name: a KeyError listing the valid ones
+        check_width_div(self.width_div)
         if self.weights and self.width_div != 1:
             raise ValueError(f"weights={self.weights!r} needs width_div=1, got {self.width_div}")
 
 
-STUDENT_WIDTH_DIVS = (2, 4, 8)
 STOCHASTIC_SWA = "sswa"
 
 
@@ -255,7 +256,7 @@ class DistillConfig(CompressionConfig):
 
     stage: ClassVar[str] = "distill"  # its folder under runs/<profile>/, in config.json
 
-    width_div: int = 2  # the student's widths = the teacher's // width_div (x2, x4, x8)
+    width_div: int = 2  # the student's widths = the teacher's // width_div (attrlib.widths)
     matching_warmup: int | None = None  # epochs of KD alone first; None: the profile's
     temperature: float = 4.0
     alpha: float = 0.9
@@ -280,8 +281,7 @@ class DistillConfig(CompressionConfig):
 
     def _check(self, prof: Profile) -> None:
         super()._check(prof)
-        if self.width_div not in STUDENT_WIDTH_DIVS:
-            raise ValueError(f"width_div must be one of {STUDENT_WIDTH_DIVS}, got {self.width_div}")
+        check_width_div(self.width_div)
         if not 0 <= self.matching_warmup < self.recipe.epochs:
             raise ValueError(
                 f"matching_warmup must be in [0, epochs={self.recipe.epochs}), "

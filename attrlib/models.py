@@ -17,9 +17,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from attrlib.widths import scale_widths
+
 VGG16_WIDTHS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 POOL_AFTER: frozenset[int] = frozenset({1, 3, 6, 9, 12})  # conv indices followed by a max-pool
-ALLOWED_WIDTH_DIVS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 # Where attribution maps are matched: "pool" = the last max-pool's output, as the authors'
 # code (`features[:44]`, 7x7 at 227 px); "attribution" = one step earlier, the attribution
 # layer (14x14 at 227 px), where Grad-CAM and EBP are read.
@@ -77,8 +78,8 @@ class ModelConfig:
 
     def scaled(self, width_div: int) -> ModelConfig:
         """Every conv width // `width_div` (at least 1): a student of this network, or a
-        teacher at its family's scale (`vgg16_bn_voc`)."""
-        return replace(self, widths=tuple(max(1, w // width_div) for w in self.widths))
+        teacher at its family's scale (`vgg16_bn_voc`); `attrlib.widths`."""
+        return replace(self, widths=scale_widths(self.widths, width_div))
 
 
 class VGGVOC(nn.Module):
@@ -198,9 +199,7 @@ def vgg16_bn_voc(
     width_div: int = 1, num_classes: int = 20, input_size: int = 227, dropout: float = 0.5
 ) -> VGGVOC:
     """The VOC VGG16-BN with every conv width divided by `width_div` (a teacher's scale; a
-    student divides its teacher's widths: `ModelConfig.scaled`, the same rounding)."""
-    if width_div not in ALLOWED_WIDTH_DIVS:
-        raise ValueError(f"width_div must be one of {ALLOWED_WIDTH_DIVS}, got {width_div}")
+    student divides its teacher's widths the same way: `attrlib.widths`)."""
     full = ModelConfig(VGG16_WIDTHS, num_classes, input_size, dropout)
     return VGGVOC(full.scaled(width_div))
 

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from attrlib.models import read_weights
+from attrlib.widths import scale_widths
 
 RESNET18_BLOCKS: tuple[int, ...] = (2, 2, 2, 2)
 RESNET34_BLOCKS: tuple[int, ...] = (3, 4, 6, 3)
 RESNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
-ALLOWED_WIDTH_DIVS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,12 @@ class ResNetConfig:
         return size
 
     def scaled(self, width_div: int) -> ResNetConfig:
-        """A student's config: every width // `width_div` (at least 1)."""
+        """Every width // `width_div` (at least 1): a student of this network, or a teacher
+        at its family's scale (`create`); `attrlib.widths`."""
         return replace(
             self,
-            widths=tuple(max(1, w // width_div) for w in self.widths),
-            inner=tuple(max(1, w // width_div) for w in self.inner),
+            widths=scale_widths(self.widths, width_div),
+            inner=scale_widths(self.inner, width_div),
         )
 
     def to_dict(self) -> dict:
@@ -155,8 +156,6 @@ class ResNetVOC(nn.Module):
     @classmethod
     def create(cls, width_div: int, num_classes: int, input_size: int) -> ResNetVOC:
         """ResNet-18 at widths // `width_div`, last stage at stride 1."""
-        if width_div not in ALLOWED_WIDTH_DIVS:
-            raise ValueError(f"width_div must be one of {ALLOWED_WIDTH_DIVS}, got {width_div}")
         config = ResNetConfig(num_classes=num_classes, input_size=input_size)
         return cls(config.scaled(width_div))
 

@@ -21,6 +21,7 @@ from attrlib.distill import MATCHINGS
 from attrlib.faithfulness import register_faithfulness
 from attrlib.prune import STRUCTURED_CRITERIA
 from attrlib.study import COMPRESSION, Method
+from attrlib.widths import scale_widths
 
 
 @METHODS.register("gradient_x_input")
@@ -70,7 +71,7 @@ class TinyConfig:
     input_size: int = 32
 
     def scaled(self, width_div: int) -> TinyConfig:
-        return replace(self, widths=tuple(max(1, w // width_div) for w in self.widths))
+        return replace(self, widths=scale_widths(self.widths, width_div))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
