@@ -7,7 +7,9 @@ A network is quantized in place (`quantize_`) with PyTorch's own quantization ma
   `PerChannelMinMaxObserver` on the current weights, rounding by
   `torch.fake_quantize_per_channel_affine`, straight-through gradient). Being a
   parametrization, `module.weight` *is* the rounded weight for every reader: the forward
-  pass, the attribution rules that read weights (LRP, RAP, EBP) and the matching maps;
+  pass, the attribution rules that read weights (LRP, RAP) and the matching maps. Rules
+  that swap a module's parameters for modified ones (zennit's, behind EBP) take a
+  `plain_weights` copy instead;
 - the input of the first convolution and the output of every ReLU pass through a
   `torch.ao.quantization.FakeQuantize` (per tensor, affine, `act_bits`), whose range is
   calibrated on training views (`calibrate_`) and then frozen.
@@ -27,6 +29,7 @@ the fake-quantized network, which it reproduces within a tested tolerance.
 
 from __future__ import annotations
 
+import copy
 import io
 import statistics
 import time
@@ -185,6 +188,31 @@ def quantize_(model: nn.Module, spec: QuantSpec) -> nn.Module:
 def quantization_of(model: nn.Module) -> QuantSpec | None:
     """The QuantSpec a network was quantized with; None for a float network."""
     return getattr(model, "quantization", None)
+
+
+def plain_weights(model: nn.Module) -> nn.Module:
+    """`model` itself, or for a quantized network a copy that computes the same: its rounded
+    weights as plain parameters (`rounded_float_copy`), its activation rounding kept.
+
+    zennit's rules (EBP's positive weights) swap the parameters a module lists in
+    `named_parameters(recurse=False)` for modified ones. A parametrized weight is not among
+    them (it lives in `parametrizations.weight.original`), so on the network itself the rule
+    would leave the signed weight in place and silently draw another map. (A deep copy with
+    its parametrizations removed would not do: the copy shares its modules' parametrized
+    classes with the original, and removing one deletes the original's `weight` property.)
+    """
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return model
+    copy_ = rounded_float_copy(model).train(model.training)
+    modules = dict(copy_.named_modules())
+    for name, module in model.named_modules():
+        if hasattr(module, "input_fake_quant"):
+            modules[name].input_fake_quant = copy.deepcopy(module.input_fake_quant)
+            modules[name].register_forward_pre_hook(_quantize_input)
+        if hasattr(module, "output_fake_quant"):
+            modules[name].output_fake_quant = copy.deepcopy(module.output_fake_quant)
+            modules[name].register_forward_hook(_quantize_output)
+    return copy_
 
 
 def activation_quantizers(model: nn.Module) -> list[FakeQuantize]:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, MinMaxObserver, PerChannelMinMaxObserver
 
 import attrlib.stages as stages
-from attrlib.attribution import METHODS, attribute
+from attrlib.attribution import FEATURE_METHODS, METHODS, attribute
 from attrlib.config import EvalConfig, QuantizeConfig, TeacherConfig
 from attrlib.distill import attribution_maps, swa_map_full_backward
 from attrlib.engine import load_model, make_checkpoint
@@ -19,8 +19,10 @@ from attrlib.io import save_torch_atomic
 from attrlib.quantize import (
     QuantSpec,
     calibrate_,
+    plain_weights,
     quantization_of,
     quantize_,
+    rounded_float_copy,
     stored_bytes,
     to_int8,
     weight_bytes,
@@ -108,6 +110,31 @@ def test_head_only_swa_map_equals_the_full_second_backward_through_fake_quantiza
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
             compared += 1
     assert compared > 10
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet"])
+def test_ebp_of_a_quantized_network_uses_its_rounded_weights_positive_part(family):
+    """zennit's rules swap the parameters `named_parameters` lists; a parametrized weight is
+    not among them, so EBP on the quantized network itself would keep its signed weights
+    (on a global-average-pooled head that is Grad-CAM's map, not EBP's)."""
+    build = random_vgg if family == "vgg" else random_resnet
+    model = quantize_(build(NUM_CLASSES, SIZE, 0), QuantSpec(weight_bits=2, edge_bits=2))
+    model = calibrate_(model, [images(8, seed=2)]).eval()
+    rounded = rounded_float_copy(model).eval()  # the same numbers, plain float parameters
+    x = images(6)
+    classes = torch.tensor([0, 1, 2, 3, 4, 0])
+    with torch.no_grad():
+        feature = model.forward_features(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    maps = FEATURE_METHODS.get("ebp")(model, feature, classes)
+    torch.testing.assert_close(maps, FEATURE_METHODS.get("ebp")(rounded, feature, classes))
+    assert maps.abs().max() > 0
+    copy_ = plain_weights(model)
+    assert copy_ is not model and plain_weights(rounded) is rounded
+    assert quantization_of(model) is not None  # the network itself stays quantized
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(copy_(x), model(x), rtol=0, atol=0)
 
 
 def test_a_quantized_checkpoint_rebuilds_the_same_network(tmp_path):

@@ -14,6 +14,7 @@ from torch import nn
 from zennit.composites import ExcitationBackprop
 
 from attrlib.attribution.base import register_layer_method
+from attrlib.quantize import plain_weights
 
 STABILIZER = 1e-6  # added to each denominator (zennit's default); the authors' code uses 1e-10
 
@@ -54,6 +55,7 @@ def ebp(model: nn.Module, feature: torch.Tensor, classes: torch.Tensor) -> torch
     stabilised by +1e-6 instead of the authors' +1e-10.
     """
     feature = feature.detach().requires_grad_(True)  # a fresh leaf: the graph starts here
+    model = plain_weights(model)  # zennit's rules cannot see a parametrized (rounded) weight
     with ebp_composite().context(model):
         logits = model.head(feature)  # (B, K)
         one_hot = F.one_hot(classes, logits.shape[1]).to(logits.dtype)  # (B, K) start relevance
