@@ -25,9 +25,10 @@ def ebp_composite() -> ExcitationBackprop:
     Every linear and conv layer gets zennit's z+ rule without bias: relevance of unit j goes to
     input i in proportion to a_i w_ij^+ / sum_i' a_i' w_i'j^+ (zennit's ZPlus also counts
     negative inputs times negative weights; the head's inputs are post-ReLU, so none occur).
-    Max-pool keeps its gradient (winner takes all); dropout is the identity in eval mode.
-    No batch-norm canonizer: relevance is only read at the attribution layer, so the
-    propagation never reaches a batch norm (the head is max-pool + dropout + linear).
+    Max-pool keeps its gradient (winner takes all); average pooling (a ResNet's head) passes
+    relevance in proportion to its inputs (zennit's Norm rule); dropout is the identity in
+    eval mode. No batch-norm canonizer: relevance is only read at the attribution layer, so
+    the propagation never reaches a batch norm (the head is pooling + dropout + linear).
     """
     return ExcitationBackprop(stabilizer=STABILIZER, zero_params=["bias"])
 
@@ -41,7 +42,8 @@ def ebp(model: nn.Module, feature: torch.Tensor, classes: torch.Tensor) -> torch
     attribution feature is summed over channels, negatives clipped.
 
     Args:
-        model: a `VGGVOC` in eval mode (`head`).
+        model: a network of a registered family in eval mode (its `head`); a quantized one
+            is read through `quantize.plain_weights`, whose weights zennit can modify.
         feature: (B, C, h, w) `model.forward_features(images)`; not modified.
         classes: (B,) int64 target class per row, on the feature's device.
     Returns:

@@ -24,7 +24,7 @@ def gradcam(model: nn.Module, feature: torch.Tensor, classes: torch.Tensor) -> t
     `relu_attributions=True` (checked in the tests).
 
     Args:
-        model: a `VGGVOC` in eval mode (`head`).
+        model: a network of a registered family in eval mode (its `head`).
         feature: (B, C, h, w) `model.forward_features(images)`; not modified.
         classes: (B,) int64 target class per row, on the feature's device.
     Returns:
