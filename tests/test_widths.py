@@ -1,9 +1,12 @@
-"""One meaning of width_div: the same divisors and the same rounding for every family and stage."""
+"""Every family: one meaning of width_div (the same divisors and rounding for every family and
+stage), and a checkpoint round trip."""
 
 import pytest
+import torch
 
-from attrlib.architectures import create
+from attrlib.architectures import ARCHITECTURES, create, rebuild
 from attrlib.config import DistillConfig, TeacherConfig
+from attrlib.engine import load_model, make_checkpoint
 from attrlib.models import VGG16_WIDTHS
 from attrlib.resnet import RESNET_WIDTHS
 from attrlib.widths import WIDTH_DIVS, check_width_div, scale_widths
@@ -34,3 +37,20 @@ def test_one_set_of_divisors_for_teachers_and_students(div):
     for config in (TeacherConfig, DistillConfig):
         with pytest.raises(ValueError, match="width_div must be one of"):
             config(profile="smoke", width_div=3)
+
+
+@pytest.mark.parametrize("family", ARCHITECTURES.names())
+def test_every_registered_family_round_trips_through_a_checkpoint(family, tmp_path):
+    """Build, save, load: the loaded network is the same family and config and computes the
+    same logits; its student (widths // 2) rebuilds from the stored config too."""
+    classes = ("a", "b", "c")
+    model = create(family, 8, num_classes=len(classes), input_size=32).eval()
+    torch.save(make_checkpoint(model, classes), tmp_path / "m.pt")
+    loaded, ckpt = load_model(tmp_path / "m.pt", classes=classes)
+    assert ckpt["architecture"] == family and type(loaded) is type(model)
+    assert loaded.config == model.config
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
+    student = rebuild(family, loaded.config.scaled(2))
+    assert tuple(student.config.widths) == scale_widths(model.config.widths, 2)
