@@ -47,6 +47,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from provenance import git_commit
 from torch import nn
 
 from attrlib import study
@@ -275,21 +276,6 @@ def teacher_matches(result: dict, prof: Profile) -> bool:
     )
 
 
-def git_commit() -> str | None:
-    """HEAD of the repository this file is in, or None outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def summary_lines(result: dict) -> list[str]:
     """One line per figure of a `run` result."""
     teacher, step, loc = result["teacher_train"], result["distill_step"], result["evaluate"]
@@ -335,7 +321,7 @@ def run(args: argparse.Namespace, device: torch.device | str) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": git_commit(short=False),
         "profile": args.profile,
     }
     result["teacher_train"] = teacher_throughput(

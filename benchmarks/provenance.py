@@ -7,17 +7,22 @@ import subprocess
 from pathlib import Path
 
 
-def stamp() -> dict[str, str | None]:
-    """{"date": today (ISO), "commit": the short HEAD of this repository, or None outside
-    git}. A working tree with changes still names its HEAD: say so where it matters."""
+def git_commit(short: bool = True) -> str | None:
+    """HEAD of the repository this file is in (abbreviated unless `short` is False), or None
+    outside git. A working tree with changes still names its HEAD: say so where it matters."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        out = subprocess.run(
+            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"date": datetime.date.today().isoformat(), "commit": commit}
+        return None
+    return out.stdout.strip()
+
+
+def stamp() -> dict[str, str | None]:
+    """{"date": today (ISO), "commit": `git_commit()`}."""
+    return {"date": datetime.date.today().isoformat(), "commit": git_commit()}
