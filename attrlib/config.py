@@ -269,7 +269,7 @@ class DistillConfig(CompressionConfig):
         }
 
     def _base_recipe(self, prof: Profile) -> Recipe:
-        return prof.distill
+        return prof.distill_recipe(self.width_div)
 
     # the run's folder name; make's grid renders the same template (attrlib.study)
     RUN_NAME: ClassVar[str] = "x{width_div}-{method}-s{seed}"

@@ -191,7 +191,7 @@ def profile_kinds(profile) -> list[tuple[str, float]]:
 def profile_epochs(profile) -> int:
     """View epochs a profile's compression stages read (the longest of them)."""
     return max(
-        profile.distill.epochs,
+        *(profile.distill_recipe(w).epochs for w in profile.student_width_divs),
         profile.prune_oneshot.epochs,
         profile.iterative_steps * profile.prune_iterative.epochs,
         profile.quantize_recipe.epochs,

@@ -253,7 +253,11 @@ def stage_hours(
     }
     seconds = {
         "teacher": prof.teacher.epochs * train_images * teacher_s,
-        "distill": runs["distill"] * prof.distill.epochs * train_images * distill_s,
+        "distill": sum(prof.distill_recipe(w).epochs for w in g.widths)
+        * len(g.distill)
+        * seeds
+        * train_images
+        * distill_s,
         "prune_oneshot": runs["prune_oneshot"]
         * prof.prune_oneshot.epochs
         * train_images

@@ -98,6 +98,10 @@ def test_a_users_file_is_named_by_its_file(tmp_path):
         ({"sync_bn": "yes"}, r"sync_bn: expected true or false"),
         ({"synth": [1, 2]}, r"synth: expected a mapping of SynthSpec fields"),
         ({"name": "other"}, r"unknown field 'name'"),
+        ({"distill_width_epochs": [4]}, r"distill_width_epochs: expected a mapping"),
+        ({"distill_width_epochs": {3: 5}}, r"a width_div must be one of .*got 3"),
+        ({"distill_width_epochs": {4: 0}}, r"distill_width_epochs\[4\] must be >= 1 epochs"),
+        ({"distill_width_epochs": {4: "long"}}, r"distill_width_epochs\[4\]: expected an integer"),
     ],
 )
 def test_a_bad_field_is_named_with_its_file(tmp_path, change, message):
@@ -350,8 +354,13 @@ def test_replicated_is_the_default_under_three_teachers():
         quantize_bits=default.quantize_bits,
         quantize_methods=default.quantize_methods,
         quantize=default.quantize,
+        distill_width_epochs=default.distill_width_epochs,
     )
     assert same == default
+    assert (
+        replicated.distill_recipe(4).epochs == 30
+        and replicated.distill_recipe(2) == default.distill
+    )
 
 
 def test_resnet_is_the_default_on_three_resnet_teachers_at_x4():
@@ -371,6 +380,28 @@ def test_resnet_is_the_default_on_three_resnet_teachers_at_x4():
         student_width_divs=default.student_width_divs,
     )
     assert same == default
+
+
+def test_students_of_one_width_can_train_longer(tmp_path):
+    """distill_width_epochs gives the students of one width their own epochs, and only them:
+    every other recipe field, and every other width, keep distill's."""
+    prof = get_profile("smoke", ["distill_width_epochs={4: 3}", "student_width_divs=[2, 4]"])
+    base = prof.distill
+    assert prof.distill_recipe(4) == Recipe(**{**base.__dict__, "epochs": 3})
+    assert prof.distill_recipe(2) == base
+    assert DistillConfig(profile=prof, width_div=4).recipe.epochs == 3
+    assert DistillConfig(profile=prof, width_div=2).recipe == base
+    assert DistillConfig(profile=prof, width_div=4, epochs=5).recipe.epochs == 5  # explicit wins
+    # the teacher store covers the longest student
+    from attrlib.targets import profile_epochs
+
+    assert profile_epochs(prof) == 3 > profile_epochs(get_profile("smoke"))
+    # the resolved profile names it only when set (runs made before it stay current), and
+    # reads back as the same profile
+    assert "distill_width_epochs" not in to_yaml(get_profile("smoke"))
+    written = _write(tmp_path / "resolved.yaml", to_yaml(prof))
+    assert get_profile(str(written)).distill_width_epochs == {4: 3}
+    assert "distill_width_epochs" in to_yaml(prof, recipes_only=True)  # a recipe, not the grid
 
 
 def test_the_resolved_profile_names_the_family_only_when_it_is_not_the_default():

@@ -23,6 +23,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from attrlib.registry import load_plugins
+from attrlib.widths import check_width_div
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "onecycle", "constant")
@@ -117,6 +118,25 @@ class Profile:
     quantize_bits: tuple[int, ...] = field(default=(), metadata={"omit_if_default": True})
     quantize_methods: tuple[str, ...] = field(default=(), metadata={"omit_if_default": True})
     quantize: Recipe | None = field(default=None, metadata={"omit_if_default": True})
+    # distillation epochs of the students of some widths (width_div: epochs), where they
+    # differ from distill.epochs: the narrowest students learn slowest. Left out of the
+    # resolved profile while empty, like `architecture`.
+    distill_width_epochs: dict[int, int] = field(
+        default_factory=dict, metadata={"omit_if_default": True}
+    )
+
+    def __post_init__(self) -> None:
+        for width_div, epochs in self.distill_width_epochs.items():
+            check_width_div(width_div, "distill_width_epochs: a width_div")
+            if epochs < 1:
+                raise ValueError(
+                    f"distill_width_epochs[{width_div}] must be >= 1 epochs, got {epochs}"
+                )
+
+    def distill_recipe(self, width_div: int) -> Recipe:
+        """The distillation recipe of a student `width_div` times narrower than its teacher."""
+        epochs = self.distill_width_epochs.get(width_div, self.distill.epochs)
+        return dataclasses.replace(self.distill, epochs=epochs)
 
     @property
     def quantize_recipe(self) -> Recipe:
@@ -161,6 +181,16 @@ def _coerce(value: Any, hint: Any, where: str, path: str) -> Any:
                 f"{where}: {path}: expected a mapping of {hint.__name__} fields, got {value!r}"
             )
         return _build(hint, value, where, f"{path}.")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ProfileError(f"{where}: {path}: expected a mapping, got {value!r}")
+        key_hint, value_hint = args
+        return {
+            _coerce(k, key_hint, where, f"{path} key {k!r}"): _coerce(
+                v, value_hint, where, f"{path}[{k!r}]"
+            )
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ProfileError(f"{where}: {path}: expected a list, got {value!r}")
@@ -343,7 +373,8 @@ def to_yaml(prof: Profile, recipes_only: bool = False) -> str:
     if recipes_only:
         data = {k: v for k, v in data.items() if k not in GRID_FIELDS}
     for f in dataclasses.fields(prof):
-        if f.metadata.get("omit_if_default") and data.get(f.name, f.default) == f.default:
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("omit_if_default") and data.get(f.name, default) == default:
             data.pop(f.name, None)
     return yaml.safe_dump(_lists(data), sort_keys=False)
 
