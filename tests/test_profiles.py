@@ -392,6 +392,7 @@ def test_students_of_one_width_can_train_longer(tmp_path):
     assert DistillConfig(profile=prof, width_div=4).recipe.epochs == 3
     assert DistillConfig(profile=prof, width_div=2).recipe == base
     assert DistillConfig(profile=prof, width_div=4, epochs=5).recipe.epochs == 5  # explicit wins
+    assert hash(prof) == hash(prof) and prof != get_profile("smoke", "student_width_divs=[2,4]")
     # the teacher store covers the longest student
     from attrlib.targets import profile_epochs
 

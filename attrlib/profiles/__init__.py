@@ -119,10 +119,11 @@ class Profile:
     quantize_methods: tuple[str, ...] = field(default=(), metadata={"omit_if_default": True})
     quantize: Recipe | None = field(default=None, metadata={"omit_if_default": True})
     # distillation epochs of the students of some widths (width_div: epochs), where they
-    # differ from distill.epochs: the narrowest students learn slowest. Left out of the
-    # resolved profile while empty, like `architecture`.
+    # differ from distill.epochs (the narrowest students learn slowest). Left out of the
+    # resolved profile while empty, like `architecture`; out of the hash (a dict has none),
+    # so a profile stays hashable.
     distill_width_epochs: dict[int, int] = field(
-        default_factory=dict, metadata={"omit_if_default": True}
+        default_factory=dict, hash=False, metadata={"omit_if_default": True}
     )
 
     def __post_init__(self) -> None:
